@@ -1,0 +1,55 @@
+# Two commands for a fresh machine: `make quickstart` and `make test`.
+# Everything they need is installed here; nothing has to be set up by hand.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Headless MuJoCo rendering: EGL on Mesa works on CPU (llvmpipe) and on GPUs; OSMesa is the fallback.
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: quickstart test test-slow test-interop bench system-deps install clean
+
+quickstart: install
+	$(BIN)/lbm study --profile quick
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+test-interop: install
+	$(BIN)/python -m pytest -q -m interop
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+install: $(STAMP)
+
+# Offscreen rendering libraries (Mesa EGL + OSMesa). Installed only when missing and when we can.
+system-deps:
+	@if ! ldconfig -p | grep -q 'libOSMesa.so' || ! ldconfig -p | grep -q 'libEGL_mesa.so'; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Mesa offscreen rendering libraries (libosmesa6, libegl-mesa0)"; \
+	    (apt-get install -y -q libosmesa6 libegl-mesa0 libgl1-mesa-dri >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q libosmesa6 libegl-mesa0 libgl1-mesa-dri >/dev/null)); \
+	  else \
+	    echo "warning: Mesa offscreen libraries missing; install libosmesa6 and libegl-mesa0 for camera observations"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel of torch first, so that nothing below can pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
