@@ -1,0 +1,62 @@
+"""``lbm tasks``: what the simulation suite offers."""
+
+from __future__ import annotations
+
+from lbm.errors import LbmError
+
+
+def tasks(set: str = "mt50", show_instructions: bool = False) -> int:  # noqa: A002 - CLI name
+    """List the simulation tasks, task sets, cameras and distribution shifts.
+
+    Args:
+        set: Which tasks to list: a task set (mt10, mt50, ml45-train, ml45-test), task names
+            separated by commas, or a mix such as "mt10,hammer".
+        show_instructions: Also print every paraphrase of each task's instruction.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbm.sim import LEVELS, METAWORLD_EMBODIMENT, SHIFTS, TASK_SETS, get_task, resolve_tasks
+    from lbm.sim.env import FREE_CAMERAS
+
+    names = resolve_tasks(set)
+    if not names:  # pragma: no cover - resolve_tasks raises on empty input
+        raise LbmError(f"No tasks match {set!r}.")
+    console = Console()
+    table = Table(title=f"Tasks in {set!r} ({len(names)})")
+    table.add_column("task", style="bold")
+    table.add_column("instruction")
+    table.add_column("sets")
+    table.add_column("max steps", justify="right")
+    for name in names:
+        spec = get_task(name)
+        member = ", ".join(s for s, members in TASK_SETS.items() if name in members)
+        text = spec.instruction
+        if show_instructions:
+            text = "\n".join([spec.instruction, *(f"  - {p}" for p in spec.paraphrases)])
+        table.add_row(name, text, member, str(spec.max_steps))
+    console.print(table)
+
+    sets = Table(title="Task sets")
+    sets.add_column("set", style="bold")
+    sets.add_column("tasks", justify="right")
+    sets.add_column("first tasks")
+    for set_name, members in TASK_SETS.items():
+        sets.add_row(set_name, str(len(members)), ", ".join(members[:4]) + (", ..." if len(members) > 4 else ""))
+    console.print(sets)
+
+    cams = Table(title=f"Cameras of {METAWORLD_EMBODIMENT.name} (control {METAWORLD_EMBODIMENT.control_hz:g} Hz)")
+    cams.add_column("camera", style="bold")
+    cams.add_column("kind")
+    for cam in METAWORLD_EMBODIMENT.cameras:
+        cams.add_row(cam, "free camera (lbm)" if cam in FREE_CAMERAS else "Meta-World model camera")
+    console.print(cams)
+
+    shifts = Table(title=f"Distribution shifts (levels: {', '.join(LEVELS)}; syntax 'obs_noise:low,friction:high')")
+    shifts.add_column("shift", style="bold")
+    shifts.add_column("kind")
+    shifts.add_column("what it changes")
+    for name, cls in SHIFTS.items():
+        shifts.add_row(name, cls.kind + (" (cameras)" if cls.needs_cameras else ""), cls.about())
+    console.print(shifts)
+    return 0

@@ -1,0 +1,158 @@
+"""The task registry: every Meta-World v3 task with its instructions, embodiment and step limit.
+
+Task names are Meta-World's own (``drawer-open-v3``); the ``-v3`` suffix may be left off on the
+command line. Task sets come straight from Meta-World's benchmark definitions and keep their order,
+so ``mt10`` here is exactly Meta-World's MT10.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from lbm.errors import LbmError, did_you_mean
+
+SUITE = "metaworld"
+EMBODIMENT_NAME = "metaworld-sawyer"
+DEFAULT_MAX_STEPS = 200
+# Tasks whose scripted expert needs more than DEFAULT_MAX_STEPS on some initial conditions
+# (measured with benchmarks/sim_expert_success.py: slowest successful expert episode x ~1.3,
+# rounded up; Meta-World itself stops every episode at 500).
+_LONG_TASKS: dict[str, int] = {
+    "assembly-v3": 250,
+    "disassemble-v3": 250,
+    "door-open-v3": 300,
+    "peg-insert-side-v3": 300,
+    "pick-out-of-hole-v3": 250,
+    "stick-pull-v3": 300,
+    "stick-push-v3": 250,
+    "bin-picking-v3": 250,
+    "box-close-v3": 300,
+    "hammer-v3": 250,
+    "shelf-place-v3": 250,
+    "basketball-v3": 250,
+    "soccer-v3": 300,
+    "sweep-into-v3": 250,
+    "pick-place-wall-v3": 250,
+    "lever-pull-v3": 250,
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One simulation task: what to do, in words, and how long an episode may last."""
+
+    name: str
+    """Simulator task name, e.g. ``drawer-open-v3``."""
+    suite: str
+    """Simulator suite the task belongs to (``metaworld``)."""
+    instruction: str
+    """Canonical natural-language instruction, e.g. ``open the drawer``."""
+    paraphrases: tuple[str, ...]
+    """Other wordings of the same instruction (at least 3), for language-generalization tests."""
+    embodiment: str
+    """Name of the robot embodiment that performs the task."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Default episode step limit (at most 500, Meta-World's hard limit)."""
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """The canonical instruction followed by its paraphrases."""
+        return (self.instruction, *self.paraphrases)
+
+
+def _load_tasks() -> dict[str, TaskSpec]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    text = resources.files("lbm.sim").joinpath("instructions.json").read_text(encoding="utf-8")
+    table = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    missing = set(ALL_V3_ENVIRONMENTS) - set(table)
+    if missing:  # a packaging bug, not user error: fail loudly at import
+        raise RuntimeError(f"instructions.json lacks tasks {sorted(missing)}")
+    return {
+        name: TaskSpec(
+            name=name,
+            suite=SUITE,
+            instruction=table[name][0],
+            paraphrases=tuple(table[name][1:]),
+            embodiment=EMBODIMENT_NAME,
+            max_steps=_LONG_TASKS.get(name, DEFAULT_MAX_STEPS),
+        )
+        for name in ALL_V3_ENVIRONMENTS  # Meta-World's order
+    }
+
+
+def _load_sets() -> dict[str, tuple[str, ...]]:
+    from metaworld.env_dict import ML45_V3, MT10_V3, MT50_V3
+
+    return {
+        "mt10": tuple(MT10_V3),
+        "mt50": tuple(MT50_V3),
+        "ml45-train": tuple(ML45_V3["train"]),
+        "ml45-test": tuple(ML45_V3["test"]),
+    }
+
+
+TASKS: dict[str, TaskSpec] = _load_tasks()
+"""All 50 Meta-World v3 tasks, by name, in Meta-World's order."""
+TASK_SETS: dict[str, tuple[str, ...]] = _load_sets()
+"""Named task sets (Meta-World's MT10, MT50, ML45 train and the 5 held-out ML45 test tasks)."""
+
+_INSTRUCTION_TO_TASK: dict[str, str] = {}
+for _spec in TASKS.values():
+    for _sentence in _spec.instructions:
+        _INSTRUCTION_TO_TASK[_sentence.lower()] = _spec.name
+
+
+def _canonical_name(name: str) -> str:
+    name = name.strip().lower().replace("_", "-")
+    if name in TASKS:
+        return name
+    if f"{name}-v3" in TASKS:
+        return f"{name}-v3"
+    aliases = list(TASKS) + [t.removesuffix("-v3") for t in TASKS]
+    raise did_you_mean(name, aliases, "task")
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of a task, by Meta-World name (``-v3`` optional)."""
+    return TASKS[_canonical_name(name)]
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """Expand a task spec into task names, in order, without duplicates.
+
+    ``spec`` is a comma-separated list of task-set names (``mt10``, ``mt50``, ``ml45-train``,
+    ``ml45-test``) and task names (``reach-v3`` or just ``reach``), e.g. ``"mt10,hammer"``.
+    """
+    out: list[str] = []
+    parts = [p.strip() for p in re.split(r"[,\s]+", spec or "") if p.strip()]
+    if not parts:
+        raise LbmError(
+            f"Empty task spec {spec!r}. Give a task set ({', '.join(TASK_SETS)}) or task names "
+            "separated by commas, e.g. 'mt10' or 'reach-v3,push-v3'. `lbm tasks` lists them all."
+        )
+    for part in parts:
+        key = part.lower()
+        if key in TASK_SETS:
+            names = TASK_SETS[key]
+        else:
+            try:
+                names = (_canonical_name(key),)
+            except LbmError as error:
+                close = did_you_mean(key, [*TASK_SETS, *TASKS, *(t.removesuffix("-v3") for t in TASKS)], "task")
+                raise LbmError(f"{close} (`lbm tasks` lists all tasks and task sets.)") from error
+        for name in names:
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def task_for_instruction(text: str) -> str:
+    """The task whose canonical instruction or a paraphrase is ``text`` (case and spacing ignored)."""
+    key = " ".join(text.lower().split()).rstrip(".")
+    if key in _INSTRUCTION_TO_TASK:
+        return _INSTRUCTION_TO_TASK[key]
+    raise did_you_mean(key, _INSTRUCTION_TO_TASK, "instruction")
