@@ -262,6 +262,7 @@ def run_wave(
         except Exception as e:
             _fail(group, f"policy_error: reset: {_short(e)}")
 
+    exec_used: dict[str, int] = {}
     env_steps = 0
     while any(s.active for s in slots):
         if time.perf_counter() - t0 > config.trial_timeout_s:
@@ -282,7 +283,8 @@ def run_wave(
             if chunk.ndim != 3 or chunk.shape[0] != len(group) or chunk.shape[1] < 1:
                 _fail(group, f"bad_actions: predict_chunk returned shape {chunk.shape}, expected ({len(group)}, T, A)")
                 continue
-            n_exec = exec_steps[pid] or chunk.shape[1]
+            n_exec = min(exec_steps[pid] or chunk.shape[1], chunk.shape[1])
+            exec_used[pid] = n_exec
             for i, s in enumerate(group):
                 if not s.active or s.queue:
                     continue
@@ -333,7 +335,7 @@ def run_wave(
                 "failure_reason": None if s.success else (s.failure or "max_steps"),
                 "latency_ms": rec_mod.nan_mean(s.latencies),
                 "chunk_calls": len(s.latencies),
-                "execute_steps": int(exec_steps.get(s.item.policy) or 0),
+                "execute_steps": exec_used.get(s.item.policy, 0),
                 "batch_size": len(items),
                 "worker": worker,
                 "timestamp": time.time(),
