@@ -95,6 +95,8 @@ class DatasetWriter:
         # on leaving the block the dataset is finalized and renamed into place
 
     ``states (L, S)`` float32, ``actions (L, A)`` float32, ``images[cam] (L, H, W, 3)`` uint8.
+    ``extra_info`` is stored under ``info.json["lbm"]`` (e.g. how the dataset was generated). Every
+    file lives in one chunk/file (``file-000``); LeRobot reads that as well as split files.
     """
 
     def __init__(
@@ -107,8 +109,10 @@ class DatasetWriter:
         video: bool = True,
         robot_type: str | None = None,
         overwrite: bool = False,
+        extra_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.extra_info = dict(extra_info or {})
         self.embodiment = embodiment
         self.fps = float(fps if fps is not None else embodiment.control_hz)
         self.cameras = tuple(cameras)
@@ -322,7 +326,7 @@ class DatasetWriter:
             "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if (self.video and self.cameras) else None,
             "features": features,
-            "lbm": {"embodiment": emb.to_json(), "format": 1},
+            "lbm": {"embodiment": emb.to_json(), "format": 1, **self.extra_info},
         }
 
     def abort(self) -> None:
