@@ -7,10 +7,16 @@ inside the functions so that `lbm --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
+
+import tyro  # light, and already loaded by the CLI; needed to mark positional arguments
+from typing import Annotated
+
+import tyro
 
 
 def evaluate(
-    policy: list[str],
+    policy: Annotated[list[str], tyro.conf.UseAppendAction],
     tasks: str = "mt10",
     shifts: str = "none",
     trials: int = 10,
@@ -111,7 +117,7 @@ def _load_for_analysis(records: Path, require_pairing: bool = True):
 
 
 def compare(
-    records: Path,
+    records: Annotated[Path, tyro.conf.Positional],
     json: bool = False,
     alpha: float = 0.05,
     test: str = "boschloo",
@@ -252,7 +258,7 @@ def plan(
 
 
 def report(
-    dir: Path,
+    dir: Annotated[Path, tyro.conf.Positional],
     out: Path | None = None,
     alpha: float = 0.05,
     test: str = "boschloo",
