@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -94,12 +95,11 @@ def fake_sim(monkeypatch):
         for part in spec.split(","):
             if part not in ("none", "obs_noise:low"):
                 raise LbmError(f"Unknown shift {part!r}")
-        return () if spec == "none" else (spec,)
+        return () if spec == "none" else tuple(SimpleNamespace(spec=p) for p in spec.split(","))
 
     monkeypatch.setattr(lbm.sim, "make_env", lambda task, **kw: FakeEnv(task, **kw), raising=False)
     monkeypatch.setattr(lbm.sim, "resolve_tasks", resolve_tasks, raising=False)
     monkeypatch.setattr(lbm.sim, "parse_shifts", parse_shifts, raising=False)
-    monkeypatch.setattr(lbm.sim, "shifts_spec", lambda s: ",".join(s) or "none", raising=False)
     monkeypatch.setattr(lbm.sim, "eval_seed", lambda task, trial: 2**30 + trial, raising=False)
 
 

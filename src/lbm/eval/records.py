@@ -32,6 +32,8 @@ latency_ms         float    mean wall time of the (batched) ``predict_chunk`` ca
 chunk_calls        int      number of ``predict_chunk`` calls this rollout took part in
 execute_steps      int      actions executed from each chunk before re-querying
 batch_size         int      number of envs in this rollout's wave (batched inference width)
+init_hash          str      16-hex digest of the initial condition (object/goal positions): equal for
+                            every policy on the same (task, shift, trial) — an audit of the pairing
 worker             int      worker process index (0 when in-process)
 timestamp          float    Unix time the rollout finished
 =================  =======  ======================================================================
@@ -67,6 +69,7 @@ COLUMNS: dict[str, str] = {
     "chunk_calls": "int64",
     "execute_steps": "int64",
     "batch_size": "int64",
+    "init_hash": "str",
     "worker": "int64",
     "timestamp": "float64",
 }

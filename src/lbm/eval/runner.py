@@ -218,6 +218,7 @@ class _Slot:
         self.latencies: list[float] = []
         self.frames: list[np.ndarray] = []
         self.t_end = 0.0
+        self.init_hash = ""
 
 
 def run_wave(
@@ -242,6 +243,7 @@ def run_wave(
         s = _Slot(item, env)
         try:
             s.obs = env.reset(seed=item.seed)
+            s.init_hash = _initial_state_hash(env, s.obs)
         except Exception as e:
             s.active, s.failure, s.t_end = False, f"env_error: {_short(e)}", time.perf_counter()
         slots.append(s)
@@ -337,12 +339,22 @@ def run_wave(
                 "chunk_calls": len(s.latencies),
                 "execute_steps": exec_used.get(s.item.policy, 0),
                 "batch_size": len(items),
+                "init_hash": s.init_hash,
                 "worker": worker,
                 "timestamp": time.time(),
                 **({"video": video_path} if video_path else {}),
             }
         )
     return env_steps
+
+
+def _initial_state_hash(env, obs) -> str:
+    """Short digest of the initial condition: equal across policies iff the pairing held."""
+    import hashlib
+
+    init = getattr(env, "initial_condition", None)
+    data = np.asarray(init if init is not None else obs.state, np.float64)
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
 
 
 def _fail(slots: Sequence[_Slot], reason: str) -> None:
@@ -371,15 +383,13 @@ def _write_video(out: Path, item: TrialItem, frames: list[np.ndarray], fps: floa
     return f"videos/{name}"
 
 
-def _worker_main(worker: int, config: EvalConfig, sources: dict[str, PolicySpec], tasks_q, results_q) -> None:
+def _worker_main(worker: int, config: EvalConfig, sources: dict[str, PolicySpec], loader, tasks_q, results_q) -> None:
     """Worker process: build policies lazily, run the waves the parent sends, report every record."""
     os.environ.setdefault("LP_NUM_THREADS", "1")  # software rendering: one thread per worker
-    try:
+    if not all(spec.builtin for spec in sources.values()):
         import torch
 
         torch.set_num_threads(1)  # the workers are the parallelism; threads would oversubscribe
-    except ImportError:
-        pass
     policies: dict[str, object] = {}
     pool = _EnvPool(config, capacity=4 * config.envs_per_worker)
     try:
@@ -391,7 +401,7 @@ def _worker_main(worker: int, config: EvalConfig, sources: dict[str, PolicySpec]
             try:
                 for it in items:
                     if it.policy not in policies:
-                        policies[it.policy] = load_policy_spec(sources[it.policy], seed=config.seed + 1000 * worker)
+                        policies[it.policy] = loader(sources[it.policy], config.seed + 1000 * worker)
                 steps = run_wave(items, policies, pool, config, worker, lambda r: results_q.put(("record", worker, r)))
             except Exception as e:  # loading failed: every trial of the wave fails with the reason
                 steps = 0
@@ -444,7 +454,7 @@ def _resolve(config: EvalConfig, specs: Sequence[PolicySpec]) -> tuple[list[str]
     shift_list = []
     for cond in split_shift_conditions(config.shifts):
         # Canonical labels ("friction" -> "friction:medium") so records of equal conditions match.
-        label = sim.shifts_spec(sim.parse_shifts(_sim_shift(cond))).replace(",", "+")
+        label = "+".join(shift.spec for shift in sim.parse_shifts(_sim_shift(cond))) or "none"
         if label in shift_list:
             raise LbmError(f"Shift condition {cond!r} repeats {label!r} in --shifts; list each condition once.")
         shift_list.append(label)
@@ -470,8 +480,8 @@ def run_evaluation(
     """Run (or resume) a blind, paired, randomized evaluation; return a summary.
 
     ``policy_specs`` are ``NAME=SOURCE`` strings (or parsed specs). ``loader(spec, seed)`` builds a
-    policy from a spec (default :func:`load_policy_spec`; must be a module-level function when
-    ``workers > 1``). Records go to ``config.out`` (see :mod:`lbm.eval.records`).
+    policy from a spec (default :func:`load_policy_spec`; with ``workers > 1`` it is sent to the worker
+    processes, so it must be a module-level function). Records go to ``config.out`` (see :mod:`lbm.eval.records`).
     """
     import json
 
@@ -603,8 +613,6 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
     """Feed waves to worker processes one at a time; replace dead or hung workers, failing their trials."""
     import multiprocessing as mp
 
-    if loader is not load_policy_spec:
-        raise LbmError("A custom policy loader cannot be sent to worker processes; use workers=1.")
     ctx = mp.get_context("spawn")  # fork would copy MuJoCo/EGL and torch thread state
     results_q = ctx.Queue()
     pending = deque(enumerate(waves))
@@ -619,7 +627,7 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
         idx = next_index
         next_index += 1
         tq = ctx.Queue()
-        p = ctx.Process(target=_worker_main, args=(idx, config, by_id, tq, results_q), daemon=True)
+        p = ctx.Process(target=_worker_main, args=(idx, config, by_id, loader, tq, results_q), daemon=True)
         p.start()
         workers[idx] = {"proc": p, "q": tq, "wave": None, "since": time.perf_counter(), "got": set()}
         feed(idx)
