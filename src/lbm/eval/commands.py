@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import tyro  # light, and already loaded by the CLI; needed to mark positional arguments
-from typing import Annotated
-
-import tyro
 
 
 def evaluate(
