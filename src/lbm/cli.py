@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         import tyro
 
         function = getattr(importlib.import_module(module_name), function_name)
-        result = tyro.cli(function, args=rest, prog="lbm " + " ".join(words), description=function.__doc__ or summary)
+        if getattr(function, "raw_args", False):  # a command that parses its own arguments (e.g. profiles)
+            result = function(rest)
+        else:
+            result = tyro.cli(function, args=rest, prog="lbm " + " ".join(words), description=function.__doc__ or summary)
     except LbmError as error:
         if debug:
             traceback.print_exc()
