@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import tyro
+
 from lbm.errors import LbmError
 
 
@@ -61,18 +63,20 @@ def generate(
         names, episodes_per_task, out, cameras=cams, image_size=image_size, workers=workers, video=video,
         max_steps=max_steps, paraphrases=paraphrases, seed_offset=seed_offset, overwrite=overwrite,
     )
-    table = Table(title=f"demonstrations: {summary.episodes} episodes, {summary.frames} frames in {summary.seconds:.0f} s")
+    table = Table(title="demonstrations kept per task")
     for col in ("task", "kept", "failed", "mean length"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for t in summary.tasks:
         table.add_row(t.task, str(t.kept), str(t.failed) if not t.failed else f"[yellow]{t.failed}", "-" if math.isnan(t.mean_length) else f"{t.mean_length:.1f}")
     console = _console()
     console.print(table)
+    console.print(f"{summary.episodes} episodes, {summary.frames} frames in {summary.seconds:.0f} s; "
+                  f"{sum(t.failed for t in summary.tasks)} failed episodes dropped")
     console.print(f"wrote [bold]{summary.root}[/bold] ({_size_mb(summary.root):.1f} MB)")
     return 0
 
 
-def info(root: Path) -> int:
+def info(root: tyro.conf.Positional[Path]) -> int:
     """Summarize a dataset: episodes, frames, fps, features with shapes, per-task counts, disk size.
 
     Args:
@@ -123,7 +127,7 @@ def info(root: Path) -> int:
     return 0
 
 
-def audit(root: Path) -> int:
+def audit(root: tyro.conf.Positional[Path]) -> int:
     """Check a dataset for defects and print a report; exit code 1 when any error is found.
 
     Checks: files present and readable, info.json vs data (features, shapes, counts), NaN/inf,
