@@ -1,1 +1,25 @@
-"""lbm.safety"""
+"""Guardrails: action shield, instruction guard, failure monitor, and their evaluation reports.
+
+The shield sits between every policy and every simulator or robot (:class:`ShieldedEnv`, and the
+eval runner with ``--shield``); the instruction guard checks language before it reaches a policy.
+"""
+
+from lbm.safety.shield import (
+    LIMITS,
+    ActionShield,
+    Intervention,
+    ShieldConfig,
+    ShieldedEnv,
+    ShieldStats,
+    default_shield_config,
+)
+
+__all__ = [
+    "LIMITS",
+    "ActionShield",
+    "Intervention",
+    "ShieldConfig",
+    "ShieldStats",
+    "ShieldedEnv",
+    "default_shield_config",
+]
