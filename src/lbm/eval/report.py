@@ -197,7 +197,7 @@ def write_report(df: pd.DataFrame, out: Path, alpha: float = 0.05, test: str = "
     v = plot_violins(result, out / "posteriors.png")
     if v is not None:
         figures.append(("Posterior violins with compact letters", v))
-    figures.append(("Across cells", plot_aggregate(result, out / "aggregate.png")))
+    figures.append(("Mean and IQM across cells", plot_aggregate(result, out / "aggregate.png")))
     d = plot_data_efficiency(df, out / "data_efficiency.png", confidence)
     if d is not None:
         figures.append(("Data efficiency", d))
@@ -218,9 +218,10 @@ def _tables(result: dict) -> tuple[list[str], list[list[str]], list[str], list[l
            f"{r['p']:.4g}", f"{r['p_adj']:.4g}", "yes" if r["significant"] else "no", f"{r['mdd']:.3f}"]
           for r in result["pairwise"]]
     h3 = ["policy", "cells", "trials", "mean", f"{conf} CI", "IQM", f"{conf} CI", "letters"]
+    agg = sorted(result["aggregate"]["policies"], key=lambda r: (-r["mean"], r["policy"]))
     r3 = [[r["policy"], str(r["cells"]), str(r["trials"]), f"{r['mean']:.3f}", f"[{r['mean_lo']:.3f}, {r['mean_hi']:.3f}]",
            f"{r['iqm']:.3f}", f"[{r['iqm_lo']:.3f}, {r['iqm_hi']:.3f}]", r["letters"]]
-          for r in result["aggregate"]["policies"]]
+          for r in agg]
     return h1, r1, h2, r2, h3, r3
 
 
