@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,10 @@ from lbm.eval.compare import cell_label, compare_records
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf"]
 MAX_VIOLIN_CELLS = 24  # beyond this the per-cell violin grid is unreadable; the aggregate plot remains
+
+
+Section = tuple[str, list[str], list[list[str]]]
+"""An extra table for the top of a report: (title, header, rows of cell strings)."""
 
 
 def _colors(policies: list[str]) -> dict[str, str]:
@@ -177,11 +182,13 @@ def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95,
 
 
 def write_report(df: pd.DataFrame, out: Path, alpha: float = 0.05, test: str = "boschloo", correction: str = "holm",
-                 confidence: float = 0.95, title: str = "lbm evaluation report") -> list[Path]:
+                 confidence: float = 0.95, title: str = "lbm evaluation report",
+                 sections: Sequence[Section] = (), notes: Sequence[str] = ()) -> list[Path]:
     """Write report.html (self-contained), report.md, comparison.json and the PNG plots into ``out``.
 
     ``df`` is a validated records table (:func:`lbm.eval.stats.load_records`). Returns the paths
-    written. Statistics: :func:`lbm.eval.compare.compare_records`.
+    written. Statistics: :func:`lbm.eval.compare.compare_records`. ``sections`` (title, header,
+    rows) are tables a caller such as ``lbm study`` puts first; ``notes`` are extra warnings.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +199,7 @@ def write_report(df: pd.DataFrame, out: Path, alpha: float = 0.05, test: str = "
     else:
         cmp_df = df
     result = compare_records(cmp_df, test=test, correction=correction, alpha=alpha, confidence=confidence)
+    result["warnings"] = [*notes, *result["warnings"]]
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     figures: list[tuple[str, Path]] = [("Success per task and shift", plot_success(result, out / "success.png"))]
     v = plot_violins(result, out / "posteriors.png")
@@ -201,9 +209,8 @@ def write_report(df: pd.DataFrame, out: Path, alpha: float = 0.05, test: str = "
     d = plot_data_efficiency(df, out / "data_efficiency.png", confidence)
     if d is not None:
         figures.append(("Data efficiency", d))
-    md = _markdown(result, figures, title)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(result, figures, title))
+    (out / "report.md").write_text(_markdown(result, figures, title, sections))
+    (out / "report.html").write_text(_html(result, figures, title, sections))
     return [out / "report.html", out / "report.md", out / "comparison.json", *(p for _, p in figures)]
 
 
@@ -233,13 +240,16 @@ def _settings_line(result: dict) -> str:
             "share no letter differ significantly. Schema " + result["schema_version"] + ".")
 
 
-def _markdown(result: dict, figures: list[tuple[str, Path]], title: str) -> str:
+def _markdown(result: dict, figures: list[tuple[str, Path]], title: str, sections: Sequence[Section] = ()) -> str:
     h1, r1, h2, r2, h3, r3 = _tables(result)
 
     def table(h, rows):
         return "\n".join(["| " + " | ".join(h) + " |", "|" + "---|" * len(h), *("| " + " | ".join(r) + " |" for r in rows)])
 
-    parts = [f"# {title}", "", _settings_line(result), "", "## Verdicts", "",
+    parts = [f"# {title}", ""]
+    for name, header, rows in sections:
+        parts += [f"## {name}", "", table(header, rows), ""]
+    parts += [_settings_line(result), "", "## Verdicts", "",
              *(f"- {v}" for v in result["verdicts"]), ""]
     if result["warnings"]:
         parts += ["## Warnings", "", *(f"- **warning:** {w}" for w in result["warnings"]), ""]
@@ -262,7 +272,7 @@ img{max-width:100%;border:1px solid #eee}.muted{color:#666;font-size:13px}
 """
 
 
-def _html(result: dict, figures: list[tuple[str, Path]], title: str) -> str:
+def _html(result: dict, figures: list[tuple[str, Path]], title: str, sections: Sequence[Section] = ()) -> str:
     h1, r1, h2, r2, h3, r3 = _tables(result)
     esc = html.escape
 
@@ -276,7 +286,10 @@ def _html(result: dict, figures: list[tuple[str, Path]], title: str) -> str:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style>"
-             f"</head><body><h1>{esc(title)}</h1><p class='muted'>{esc(_settings_line(result))}</p>",
+             f"</head><body><h1>{esc(title)}</h1>"]
+    for name, header, rows in sections:
+        parts += [f"<h2>{esc(name)}</h2>", table(header, rows)]
+    parts += [f"<p class='muted'>{esc(_settings_line(result))}</p>",
              "<h2>Verdicts</h2><ul>", *(f"<li>{esc(v)}</li>" for v in result["verdicts"]), "</ul>"]
     parts += [f"<div class='warn'><b>warning:</b> {esc(w)}</div>" for w in result["warnings"]]
     for name, p in figures:
