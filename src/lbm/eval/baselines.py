@@ -1,8 +1,9 @@
 """Built-in pseudo-policies for baselines and tests: ``expert`` and ``random``.
 
 Both honour the :class:`lbm.policies.base.Policy` contract (``predict_chunk``, ``reset``) and are
-*privileged*: before each batch of trials the runner calls ``bind_envs(envs)`` with the environment
-of every slot. The expert reads the true simulator state through ``env.expert_action()`` (so
+*privileged*: before each call the runner calls ``bind_envs(envs)`` with the environment of every
+slot in the call. Both are ``stateless``, so the runner asks them only for the slots that need an
+action (a stateful policy always gets its full, fixed batch). The expert reads the true simulator state through ``env.expert_action()`` (so
 observation-noise shifts do not disturb it — it is an upper reference, not a competitor); the random
 policy only reads the action bounds of ``env.embodiment``.
 """
@@ -21,6 +22,8 @@ class ExpertPolicy:
 
     execute_steps = 1
     """The expert must see every state: re-query after each action."""
+    stateless = True
+    """No per-slot memory: the runner may call it with any subset of slots (after ``bind_envs``)."""
 
     def __init__(self) -> None:
         self._envs: list = []
@@ -41,6 +44,9 @@ class ExpertPolicy:
 
 class RandomPolicy:
     """Uniform random actions within the embodiment's bounds: the chance-level baseline."""
+
+    stateless = True
+    """No per-slot memory: the runner may call it with any subset of slots (after ``bind_envs``)."""
 
     def __init__(self, seed: int = 0, horizon: int = 8) -> None:
         self.horizon = horizon

@@ -113,6 +113,8 @@ class EvalSummary:
     success_by_policy_id: dict[str, tuple[int, int]] = field(default_factory=dict)
     wall_s: float = 0.0
     env_steps: int = 0
+    env_build_s: float = 0.0
+    """Seconds this process spent constructing environments (workers' construction not included)."""
     files: list[Path] = field(default_factory=list)
 
 
@@ -153,6 +155,8 @@ class _EnvPool:
         self.config = config
         self.capacity = capacity
         self._free: OrderedDict[tuple[str, str], list] = OrderedDict()
+        self.build_s = 0.0
+        """Seconds spent constructing environments (reported so benchmarks can separate setup)."""
 
     def take(self, task: str, shift: str):
         from lbm.sim import make_env
@@ -162,13 +166,16 @@ class _EnvPool:
         if free:
             self._free.move_to_end(key)
             return free.pop()
-        return make_env(
+        t0 = time.perf_counter()
+        env = make_env(
             task,
             cameras=self.config.cameras,
             image_size=self.config.image_size,
             shifts=_sim_shift(shift),
             max_steps=self.config.max_steps,
         )
+        self.build_s += time.perf_counter() - t0
+        return env
 
     def give(self, task: str, shift: str, env) -> None:
         self._free.setdefault((task, shift), []).append(env)
@@ -274,20 +281,25 @@ def run_wave(
             if not any(s.active and not s.queue for s in group):
                 continue
             policy = policies[pid]
-            batch = [s.obs for s in group]
+            # A stateful policy keeps per-slot history, so it always gets the full, fixed batch; a
+            # stateless one (the built-ins) is asked only for the slots that need actions.
+            batch_slots = group
+            if getattr(policy, "stateless", False):
+                batch_slots = [s for s in group if s.active and not s.queue]
+                policy.bind_envs([s.env for s in batch_slots])
             t_call = time.perf_counter()
             try:
-                chunk = np.asarray(policy.predict_chunk(batch))
+                chunk = np.asarray(policy.predict_chunk([s.obs for s in batch_slots]))
             except Exception as e:
                 _fail(group, f"policy_error: {_short(e)}")
                 continue
             latency_ms = 1000.0 * (time.perf_counter() - t_call)
-            if chunk.ndim != 3 or chunk.shape[0] != len(group) or chunk.shape[1] < 1:
-                _fail(group, f"bad_actions: predict_chunk returned shape {chunk.shape}, expected ({len(group)}, T, A)")
+            if chunk.ndim != 3 or chunk.shape[0] != len(batch_slots) or chunk.shape[1] < 1:
+                _fail(group, f"bad_actions: predict_chunk returned shape {chunk.shape}, expected ({len(batch_slots)}, T, A)")
                 continue
             n_exec = min(exec_steps[pid] or chunk.shape[1], chunk.shape[1])
             exec_used[pid] = n_exec
-            for i, s in enumerate(group):
+            for i, s in enumerate(batch_slots):
                 if not s.active or s.queue:
                     continue
                 actions = chunk[i, :n_exec]
@@ -458,17 +470,6 @@ def _resolve(config: EvalConfig, specs: Sequence[PolicySpec]) -> tuple[list[str]
         if label in shift_list:
             raise LbmError(f"Shift condition {cond!r} repeats {label!r} in --shifts; list each condition once.")
         shift_list.append(label)
-    # Build one env up front: bad cameras, image sizes or step limits fail here with the simulator's
-    # own message instead of failing every trial inside the workers.
-    _close(
-        sim.make_env(
-            task_names[0],
-            cameras=config.cameras,
-            image_size=config.image_size,
-            shifts=_sim_shift(shift_list[-1]),
-            max_steps=config.max_steps,
-        )
-    )
     return task_names, shift_list
 
 
@@ -505,6 +506,11 @@ def run_evaluation(
     schedule = make_schedule(list(by_id), task_names, shift_list, config.trials, seeds, config.seed)
     settings = config.settings(specs, task_names, shift_list)
     digest = settings_hash(settings)
+
+    # Build the first env before touching the folder: bad cameras, image sizes or step limits fail
+    # here with the simulator's own message rather than in every trial. In-process, it is reused.
+    pool = _EnvPool(config, capacity=4 * config.envs_per_worker)
+    pool.give(schedule[0].task, schedule[0].shift, pool.take(schedule[0].task, schedule[0].shift))
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -584,19 +590,18 @@ def run_evaluation(
     try:
         with progress:
             if config.workers == 1:
-                pool = _EnvPool(config, capacity=4 * config.envs_per_worker)
                 policies = {
                     pid: parent_policies[spec.name] if spec.name in parent_policies else loader(spec, config.seed)
                     for pid, spec in by_id.items()
                 }
-                try:
-                    for wave in waves:
-                        summary.env_steps += run_wave(wave, policies, pool, config, 0, handle)
-                finally:
-                    pool.close()
+                for wave in waves:
+                    summary.env_steps += run_wave(wave, policies, pool, config, 0, handle)
             else:
+                pool.close()
                 summary.env_steps += _run_parallel(waves, by_id, config, handle, loader)
     finally:
+        summary.env_build_s = pool.build_s
+        pool.close()
         writer.close()
         summary.wall_s = time.perf_counter() - t_start
 
