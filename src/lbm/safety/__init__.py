@@ -4,6 +4,7 @@ The shield sits between every policy and every simulator or robot (:class:`Shiel
 eval runner with ``--shield``); the instruction guard checks language before it reaches a policy.
 """
 
+from lbm.safety.guard import GuardConfig, GuardDecision, InstructionGuard, calibrate_guard, evaluate_guard, load_redteam
 from lbm.safety.shield import (
     LIMITS,
     ActionShield,
@@ -15,6 +16,12 @@ from lbm.safety.shield import (
 )
 
 __all__ = [
+    "GuardConfig",
+    "GuardDecision",
+    "InstructionGuard",
+    "calibrate_guard",
+    "evaluate_guard",
+    "load_redteam",
     "LIMITS",
     "ActionShield",
     "Intervention",
