@@ -85,6 +85,8 @@ class EvalConfig:
     """Wall-clock limit per wave of trials; exceeding it fails the trials with reason 'timeout'."""
     progress: bool = True
     """Show a progress bar."""
+    shield: bool = False
+    """Filter every action through the embodiment's default action shield (lbm.safety) before env.step."""
 
     def settings(self, specs: Sequence[PolicySpec], task_names: list[str], shift_list: list[str]) -> dict:
         """What defines the results (hashed for resume); operational knobs such as workers are excluded."""
@@ -98,6 +100,7 @@ class EvalConfig:
             "image_size": self.image_size,
             "execute_steps": self.execute_steps,
             "max_steps": self.max_steps,
+            **({"shield": True} if self.shield else {}),  # absent when off: older manifests keep their hash
         }
 
 
@@ -123,6 +126,10 @@ class EvalSummary:
 
 def load_policy_spec(spec: PolicySpec, seed: int = 0):
     """Build the policy a spec names: a built-in pseudo-policy or a checkpoint via ``lbm.train``."""
+    if spec.source.startswith(("ws://", "wss://")):  # served by `lbm serve`: same rollouts, remote inference
+        from lbm.serve.remote import RemotePolicy
+
+        return RemotePolicy(spec.source)
     if spec.builtin:
         from lbm.eval.baselines import make_builtin
 
@@ -226,6 +233,7 @@ class _Slot:
         self.frames: list[np.ndarray] = []
         self.t_end = 0.0
         self.init_hash = ""
+        self.safety = None  # lbm.safety.rollout.SlotSafety: shield (with --shield) and violation audit
 
 
 def run_wave(
@@ -251,6 +259,9 @@ def run_wave(
         try:
             s.obs = env.reset(seed=item.seed)
             s.init_hash = _initial_state_hash(env, s.obs)
+            from lbm.safety.rollout import SlotSafety
+
+            s.safety = SlotSafety(env.embodiment, shield=config.shield)
         except Exception as e:
             s.active, s.failure, s.t_end = False, f"env_error: {_short(e)}", time.perf_counter()
         slots.append(s)
@@ -306,17 +317,21 @@ def run_wave(
                 if actions.shape[-1] != s.env.embodiment.action_dim:
                     _fail([s], f"bad_actions: action_dim {actions.shape[-1]} != {s.env.embodiment.action_dim}")
                     continue
-                if not np.all(np.isfinite(actions)):
+                if not np.all(np.isfinite(actions)) and not config.shield:  # the shield turns them into holds
                     _fail([s], "bad_actions: non-finite action")
                     continue
-                # Clip rather than trust: the simulator's behaviour outside bounds is undefined.
-                s.queue.extend(s.env.embodiment.clip_actions(actions.astype(np.float32)))
+                # Clip rather than trust (the shield, when on, does its own bounds and records them).
+                raw = actions.astype(np.float32)
+                s.queue.extend(raw if config.shield else s.env.embodiment.clip_actions(raw))
                 s.latencies.append(latency_ms)
         for s in slots:
             if not s.active or not s.queue:
                 continue
             try:
-                r = s.env.step(s.queue.popleft())
+                action = s.queue.popleft()
+                if s.safety is not None:  # the runner applies the shield: no policy can bypass it
+                    action = s.safety.filter(action, s.obs.state)
+                r = s.env.step(action)
             except Exception as e:
                 _fail([s], f"env_error: {_short(e)}")
                 continue
@@ -355,6 +370,7 @@ def run_wave(
                 "worker": worker,
                 "timestamp": time.time(),
                 **({"video": video_path} if video_path else {}),
+                **(s.safety.record() if s.safety is not None else {}),
             }
         )
     return env_steps

@@ -45,7 +45,7 @@ class PolicySpec:
     name: str
     """Name used in reports (unique within an evaluation)."""
     source: str
-    """``expert``, ``random`` or the path of a checkpoint folder."""
+    """``expert``, ``random``, the path of a checkpoint folder, or ``ws://host:port`` of `lbm serve`."""
 
     @property
     def builtin(self) -> bool:
@@ -103,7 +103,7 @@ def parse_policy_specs(specs: list[str]) -> list[PolicySpec]:
             )
         if not source:
             raise LbmError(f"Policy spec {raw!r} names no source after '='. Give a checkpoint folder, expert or random.")
-        if source not in BUILTIN_POLICIES:
+        if source not in BUILTIN_POLICIES and not source.startswith(("ws://", "wss://")):  # ws: lbm serve
             path = Path(source)
             if not path.exists():
                 from lbm.errors import did_you_mean
