@@ -1,0 +1,419 @@
+"""The conditioning stack and action-expert transformer shared by every policy family.
+
+Glossary: B batch, H observation history, T horizon (chunk length), E embodiments, S state width,
+A action width (``S``/``A`` are padded to the widest embodiment: ``Smax``/``Amax``), D token width,
+C conditioning tokens.
+
+A family subclasses :class:`ChunkPolicy` and implements ``_loss`` (training math) and ``_sample``
+(sampling math) on *normalized* actions; normalization, the observation history of each serving
+slot, unnormalization and clipping live here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lbm.errors import LbmError
+from lbm.policies.config import PolicyConfig, validate_config
+from lbm.policies.language import EMBED_DIM, InstructionCache
+from lbm.schema import ACTION, PAD_SUFFIX, STATE, Embodiment, Observation, image_key
+
+STATE_PAD = STATE + PAD_SUFFIX
+ACTION_PAD = ACTION + PAD_SUFFIX
+
+# Parameters whose first axis is the embodiment (copied row by row, by name, when finetuning).
+PER_EMBODIMENT_SUFFIXES = ("state_w", "state_b", "embodiment_token", "action_in_w", "action_in_b", "action_out_w", "action_out_b")
+
+
+# ---- normalization ---------------------------------------------------------------------------------
+
+
+def _stat(stats: Any, name: str) -> np.ndarray | None:
+    value = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
+    return None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def shift_scale(stats: Any, mode: str, feature: str, embodiment: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(shift, scale)`` with ``normalized = (x - shift) / scale`` for one feature's stats.
+
+    'mean_std' -> (mean, std); 'min_max' and 'quantile' map [min, max] or [q01, q99] to [-1, 1].
+    Dimensions that never vary in the data (zero spread, e.g. the second object's slots in a
+    one-object task) are centred but not scaled: they carry no information, and dividing by ~0 would
+    turn float noise into huge inputs. NaN statistics are an error.
+    """
+    keys = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile": ("q01", "q99")}[mode]
+    a, b = (_stat(stats, k) for k in keys)
+    if a is None or b is None:
+        raise LbmError(
+            f"Normalization stats of {feature!r} for embodiment {embodiment!r} lack {keys} needed by "
+            f"{mode!r} normalization. Recompute the dataset stats (lbm data info/audit) or choose another mode."
+        )
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
+        raise LbmError(f"Normalization stats of {feature!r} for {embodiment!r} are NaN/inf in dims {bad.tolist()}; the dataset has bad values. Run `lbm data audit`.")
+    if mode == "mean_std":
+        shift, scale = a, b
+    else:
+        shift, scale = (a + b) / 2, (b - a) / 2
+    scale = np.where(scale > 1e-6 * np.maximum(1.0, np.abs(shift)), scale, 1.0)
+    return shift.astype(np.float32), scale.astype(np.float32)
+
+
+# ---- building blocks -------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with explicit Linear layers (so LoRA can target qkv/proj/fc1/fc2)."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ff)
+        self.fc2 = nn.Linear(ff, d)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, D))
+        return x + F.dropout(self.fc2(F.gelu(self.fc1(self.norm2(x)))), p, self.training)
+
+
+class Transformer(nn.Module):
+    """The action expert: blocks over ``[conditioning tokens, action tokens]``."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.num_heads, config.ff_dim, config.dropout) for _ in range(config.num_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, N, D) -> (B, N, D); ``mask`` (N, N) bool, True = may attend."""
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+class ConvEncoder(nn.Module):
+    """Small CNN (GroupNorm, residual stages) -> spatial-softmax keypoint token or 2x2 pooled tokens."""
+
+    def __init__(self, widths: Sequence[int], d: int, tokens: str, keypoints: int = 32):
+        super().__init__()
+        w0 = widths[0]
+        layers: list[nn.Module] = [nn.Conv2d(3, w0, 3, 2, 1), nn.GroupNorm(min(8, w0), w0), nn.GELU()]
+        c = w0
+        for w in widths:
+            layers += [_ResStage(c, w)]
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.tokens = tokens
+        if tokens == "spatial_softmax":
+            self.keypoints = nn.Conv2d(c, keypoints, 1)
+            self.out = nn.Linear(2 * keypoints, d)
+            self.num_tokens = 1
+        else:
+            self.out = nn.Linear(c, d)
+            self.num_tokens = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` float (N, 3, h, w) -> tokens (N, k, D)."""
+        f = self.body(x)
+        if self.tokens == "spatial_softmax":
+            heat = self.keypoints(f)
+            N, K, h, w = heat.shape
+            attn = heat.flatten(2).softmax(-1).view(N, K, h, w)
+            ys = torch.linspace(-1, 1, h, device=x.device, dtype=attn.dtype)
+            xs = torch.linspace(-1, 1, w, device=x.device, dtype=attn.dtype)
+            kp = torch.cat([(attn.sum(3) * ys).sum(-1), (attn.sum(2) * xs).sum(-1)], dim=-1)  # (N, 2K)
+            return self.out(kp).unsqueeze(1)
+        pooled = F.adaptive_avg_pool2d(f, 2).flatten(2).transpose(1, 2)  # (N, 4, c)
+        return self.out(pooled)
+
+
+class _ResStage(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1)
+        self.norm1 = nn.GroupNorm(min(8, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.norm2 = nn.GroupNorm(min(8, cout), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm1(self.conv1(x)))
+        return F.gelu(y + self.norm2(self.conv2(y)))
+
+
+def sinusoidal(t: torch.Tensor, d: int) -> torch.Tensor:
+    """Embedding (B, d) of scalars ``t`` (B,) in [0, 1000]."""
+    half = d // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+def _per_embodiment_linear(E: int, din: int, dout: int) -> tuple[nn.Parameter, nn.Parameter]:
+    bound = 1 / math.sqrt(din)
+    return nn.Parameter(torch.empty(E, din, dout).uniform_(-bound, bound)), nn.Parameter(torch.zeros(E, dout))
+
+
+# ---- the policy base class -------------------------------------------------------------------------
+
+
+class ChunkPolicy(nn.Module):
+    """Base of every family: conditioning stack, transformer, normalization, serving slots.
+
+    Build through :func:`lbm.policies.build_policy`. ``stats[embodiment][feature]`` are the dataset
+    statistics (``FeatureStats`` or dicts with mean/std/min/max/q01/q99).
+    """
+
+    family = ""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        embodiments: Sequence[Embodiment],
+        stats: dict[str, dict[str, Any]],
+        instructions: InstructionCache | None = None,
+    ):
+        super().__init__()
+        validate_config(config)
+        if not embodiments:
+            raise LbmError("A policy needs at least one embodiment (none were given by the dataset).")
+        self.config = config
+        self.embodiments: dict[str, Embodiment] = {e.name: e for e in embodiments}
+        self.instructions = instructions if instructions is not None else InstructionCache()
+        E = len(self.embodiments)
+        self.S = max(e.state_dim for e in embodiments)
+        self.A = max(e.action_dim for e in embodiments)
+        D, H, T = config.d_model, config.history, config.horizon
+
+        # Normalization constants are buffers: they travel in model.safetensors with the weights.
+        names = ("state_shift", "state_scale", "action_shift", "action_scale", "action_mask")
+        bufs = {n: torch.zeros(E, self.S if n.startswith("state") else self.A) for n in names}
+        bufs["state_scale"].fill_(1.0)
+        bufs["action_scale"].fill_(1.0)
+        for i, e in enumerate(embodiments):
+            if e.name not in stats:
+                raise LbmError(f"No normalization stats for embodiment {e.name!r} (have {sorted(stats)}). Recompute the dataset stats.")
+            for feature, mode, dim, prefix in ((STATE, config.state_norm, e.state_dim, "state"), (ACTION, config.action_norm, e.action_dim, "action")):
+                if feature not in stats[e.name]:
+                    raise LbmError(f"Stats of embodiment {e.name!r} lack feature {feature!r}. Recompute the dataset stats.")
+                shift, scale = shift_scale(stats[e.name][feature], mode, feature, e.name)
+                if shift.shape != (dim,):
+                    raise LbmError(f"Stats of {feature!r} for {e.name!r} have {shift.shape[0]} dims but the embodiment has {dim}. The stats belong to another dataset; recompute them.")
+                bufs[f"{prefix}_shift"][i, :dim] = torch.from_numpy(shift)
+                bufs[f"{prefix}_scale"][i, :dim] = torch.from_numpy(scale)
+            bufs["action_mask"][i, : e.action_dim] = 1.0
+        for n, b in bufs.items():
+            self.register_buffer(n, b)
+
+        # Conditioning stack: per-embodiment state projection (padded dims meet zero rows), history
+        # position, padding token, language token, embodiment token, optional camera tokens.
+        self.state_w, self.state_b = _per_embodiment_linear(E, self.S, D)
+        self.history_pos = nn.Parameter(torch.randn(H, D) * 0.02)
+        self.state_pad_token = nn.Parameter(torch.randn(D) * 0.02)
+        self.language_proj = nn.Linear(config.language_dim, D)
+        self.embodiment_token = nn.Parameter(torch.randn(E, D) * 0.02)
+        if config.cameras:
+            self.image_encoder = ConvEncoder(config.cnn_widths, D, config.image_tokens)
+            self.camera_token = nn.Parameter(torch.randn(len(config.cameras), D) * 0.02)
+        self.expert = Transformer(config)
+        self._slots: dict[int, deque[Observation]] = {}
+
+    # ---- attributes the serving side reads ----
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def history(self) -> int:
+        return self.config.history
+
+    def head_parameter_names(self) -> list[str]:
+        """Parameters trained in 'head_only' finetuning (everything outside the encoders and trunk)."""
+        trunk = ("state_", "history_pos", "language_proj", "embodiment_token", "image_encoder", "camera_token", "expert.")
+        return [n for n, _ in self.named_parameters() if not n.startswith(trunk)]
+
+    # ---- batch preparation ----
+    def _embodiment_index(self, names: Sequence[str]) -> torch.Tensor:
+        idx = []
+        for n in names:
+            if n not in self.embodiments:
+                raise LbmError(f"Embodiment {n!r} is unknown to this policy (it knows {sorted(self.embodiments)}). Finetune the policy on data of {n!r} first.")
+            idx.append(list(self.embodiments).index(n))
+        return torch.tensor(idx, dtype=torch.long, device=self.state_shift.device)
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Normalize a collated batch: raw values in, model tensors out (all on the model's device)."""
+        dev = self.state_shift.device
+        e = self._embodiment_index(batch["embodiment"])
+        state = _pad_last(batch[STATE].to(dev, torch.float32), self.S)  # (B, H, Smax)
+        state = (state - self.state_shift[e, None]) / self.state_scale[e, None]
+        # Dims beyond an embodiment's own state width stay exactly 0 (they meet zero weights anyway).
+        out = {"embodiment": e, "state": torch.where(self._state_valid(e)[:, None], state, 0.0)}
+        if STATE_PAD in batch:
+            out["state_is_pad"] = batch[STATE_PAD].to(dev, torch.bool)
+        else:
+            out["state_is_pad"] = torch.zeros(state.shape[:2], dtype=torch.bool, device=dev)
+        out["language"] = torch.from_numpy(self.instructions.lookup(list(batch["task"]))).to(dev)
+        for cam in self.config.cameras:
+            key = image_key(cam)
+            if key not in batch:
+                raise LbmError(f"The policy looks at camera {cam!r} but the batch has no {key!r}. Generate data with --cameras {cam} or train a state-only policy.")
+            out[key] = batch[key].to(dev)
+        if ACTION in batch:
+            action = _pad_last(batch[ACTION].to(dev, torch.float32), self.A)
+            out["action"] = (action - self.action_shift[e, None]) / self.action_scale[e, None] * self.action_mask[e, None]
+            pad = batch.get(ACTION_PAD)
+            valid_t = ~pad.to(dev, torch.bool) if pad is not None else torch.ones(action.shape[:2], dtype=torch.bool, device=dev)
+            out["action_weight"] = valid_t[..., None].float() * self.action_mask[e, None]  # (B, T, Amax)
+        return out
+
+    def _state_valid(self, e: torch.Tensor) -> torch.Tensor:
+        dims = torch.tensor([emb.state_dim for emb in self.embodiments.values()], device=e.device)
+        return torch.arange(self.S, device=e.device)[None] < dims[e][:, None]  # (B, Smax)
+
+    def encode(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Conditioning tokens (B, C, D) from a prepared batch."""
+        e = p["embodiment"]
+        tok = torch.einsum("bhs,bsd->bhd", p["state"], self.state_w[e]) + self.state_b[e][:, None]
+        tok = torch.where(p["state_is_pad"][..., None], self.state_pad_token, tok) + self.history_pos
+        parts = [tok, self.language_proj(p["language"])[:, None], self.embodiment_token[e][:, None]]
+        for c, cam in enumerate(self.config.cameras):
+            img = p[image_key(cam)]  # (B, H, h, w, 3) uint8
+            B, H = img.shape[:2]
+            x = self._augment(img.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0)
+            t = self.image_encoder((x - 0.5) / 0.25)  # (B*H, k, D)
+            t = t.view(B, H, -1, t.shape[-1]) + self.history_pos[:, None] + self.camera_token[c]
+            parts.append(t.flatten(1, 2))
+        return torch.cat(parts, dim=1)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to ``image_size``; random crop in training, center crop otherwise."""
+        size = self.config.image_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        c = max(8, round(size * self.config.crop_fraction))
+        if c == size:
+            return x
+        if self.training:
+            ox = torch.randint(0, size - c + 1, (x.shape[0],)).tolist()
+            oy = torch.randint(0, size - c + 1, (x.shape[0],)).tolist()
+            return torch.stack([x[i, :, oy[i] : oy[i] + c, ox[i] : ox[i] + c] for i in range(x.shape[0])])
+        o = (size - c) // 2
+        return x[:, :, o : o + c, o : o + c]
+
+    # ---- the contract ----
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Same as :meth:`compute_loss` (DDP hooks run on ``forward``)."""
+        return self.compute_loss(batch)
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(scalar loss, metrics)`` for a collated batch of raw windows (see lbm.data.collate_windows)."""
+        if ACTION not in batch:
+            raise LbmError("compute_loss needs actions in the batch (key 'action').")
+        p = self.prepare(batch)
+        loss, metrics = self._loss(p, self.encode(p))
+        return loss, {"loss": float(loss.detach()), **metrics}
+
+    @torch.no_grad()
+    def sample_actions(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Normalized action chunks (B, T, Amax) for a collated observation batch."""
+        p = self.prepare(batch)
+        return self._sample(p, self.encode(p))
+
+    def unnormalize(self, actions: torch.Tensor, embodiment: torch.Tensor) -> torch.Tensor:
+        """(B, T, Amax) normalized -> raw units."""
+        return actions * self.action_scale[embodiment, None] + self.action_shift[embodiment, None]
+
+    def _loss(self, p, cond) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def _sample(self, p, cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- serving: per-slot observation history ----
+    def reset(self, slots: Sequence[int] | None = None) -> None:
+        """Forget the observation history of ``slots`` (all when None)."""
+        if slots is None:
+            self._slots.clear()
+        else:
+            for s in slots:
+                self._slots.pop(int(s), None)
+
+    @torch.no_grad()
+    def predict_chunk(self, observations: Sequence[Observation]) -> np.ndarray:
+        """Actions (B, T, action_dim) float32 in embodiment units, clipped to the bounds.
+
+        ``observations[i]`` is slot i's newest observation; the policy keeps the last ``history``
+        observations of every slot (call :meth:`reset` at episode start).
+        """
+        if len(observations) == 0:
+            raise LbmError("predict_chunk needs at least one observation.")
+        H = self.config.history
+        names = []
+        for obs in observations:
+            name = obs.embodiment or (next(iter(self.embodiments)) if len(self.embodiments) == 1 else "")
+            if name not in self.embodiments:
+                raise LbmError(f"Observation embodiment {obs.embodiment!r} is unknown to this policy (it knows {sorted(self.embodiments)}); set Observation.embodiment.")
+            if obs.state.shape != (self.embodiments[name].state_dim,):
+                raise LbmError(f"Observation state has shape {obs.state.shape} but embodiment {name!r} expects ({self.embodiments[name].state_dim},).")
+            for cam in self.config.cameras:
+                if cam not in obs.images:
+                    raise LbmError(f"The policy needs camera {cam!r} but the observation has {sorted(obs.images)}. Render that camera.")
+            names.append(name)
+        dims = {self.embodiments[n].action_dim for n in names}
+        if len(dims) > 1:
+            raise LbmError(f"One predict_chunk call mixes embodiments with different action sizes {sorted(dims)}; call once per embodiment.")
+        states, pads, images = [], [], {cam: [] for cam in self.config.cameras}
+        for i, obs in enumerate(observations):
+            hist = self._slots.setdefault(i, deque(maxlen=H))
+            hist.append(obs)
+            seq = [hist[0]] * (H - len(hist)) + list(hist)  # repeat the oldest, marked as padding
+            states.append(np.stack([_pad_np(o.state, self.S) for o in seq]))
+            pads.append([j < H - len(hist) for j in range(H)])
+            for cam in self.config.cameras:
+                images[cam].append(np.stack([o.images[cam] for o in seq]))
+        batch: dict[str, Any] = {
+            STATE: torch.from_numpy(np.stack(states)),
+            STATE_PAD: torch.tensor(pads),
+            "task": [o.instruction for o in observations],
+            "embodiment": names,
+        }
+        for cam in self.config.cameras:
+            batch[image_key(cam)] = torch.from_numpy(np.stack(images[cam]))
+        was_training = self.training
+        self.eval()
+        actions = self.sample_actions(batch)
+        self.train(was_training)
+        raw = self.unnormalize(actions.float(), self._embodiment_index(names)).cpu().numpy()
+        emb = self.embodiments[names[0]]
+        return emb.clip_actions(raw[..., : emb.action_dim]).astype(np.float32)
+
+
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    if x.shape[-1] == width:
+        return x
+    if x.shape[-1] > width:
+        raise LbmError(f"Batch feature width {x.shape[-1]} exceeds the policy's {width}; the data has an embodiment the policy was not built for.")
+    return F.pad(x, (0, width - x.shape[-1]))
+
+
+def _pad_np(x: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(x.astype(np.float32), (0, width - x.shape[0]))

@@ -1,0 +1,124 @@
+"""Policy configuration: one frozen dataclass for every family, plus named sizes.
+
+A config holds numbers and names only (DESIGN.md rule 1); :func:`lbm.policies.build_policy` turns it
+into a model. The three families share the conditioning stack and the transformer, so their
+fields live side by side; the few family-specific ones are grouped and prefixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from lbm.errors import LbmError, did_you_mean
+
+Family = Literal["flow", "diffusion", "discrete"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Architecture and sampling settings of a policy (all three families)."""
+
+    family: Family = "flow"
+    """Policy family: 'flow' (rectified flow, pi0), 'diffusion' (DDPM/DDIM), 'discrete' (256-bin tokens)."""
+    horizon: int = 16
+    """T: actions predicted per chunk."""
+    history: int = 2
+    """H: observation steps fed to the policy (the newest last)."""
+    d_model: int = 256
+    """D: width of every token."""
+    num_layers: int = 4
+    """Transformer blocks of the action expert."""
+    num_heads: int = 4
+    """Attention heads per block."""
+    ff_dim: int = 1024
+    """Hidden width of each block's MLP."""
+    dropout: float = 0.0
+    """Dropout inside the transformer (0 for small data is usually best)."""
+    cameras: tuple[str, ...] = ()
+    """Cameras the policy looks at; empty means state-only."""
+    image_size: int = 96
+    """Side of the square images the encoder receives (after the crop during training)."""
+    crop_fraction: float = 0.9
+    """Random-crop side as a fraction of the image during training (center crop at inference)."""
+    cnn_widths: tuple[int, ...] = (32, 64, 128, 128)
+    """Channels of the CNN stages (stride-2 each after a stride-2 stem)."""
+    image_tokens: Literal["spatial_softmax", "pooled"] = "spatial_softmax"
+    """How a feature map becomes tokens: keypoints (one token) or a 2x2 pooled grid (four tokens)."""
+    state_norm: Literal["mean_std", "min_max", "quantile"] = "mean_std"
+    """Normalization of the state."""
+    action_norm: Literal["mean_std", "min_max", "quantile"] = "quantile"
+    """Normalization of actions; 'quantile' maps q01..q99 to [-1, 1] (the discrete bins' range)."""
+    language_dim: int = 384
+    """Width of the frozen sentence embedding (all-MiniLM-L6-v2)."""
+    # ---- flow matching ----
+    flow_steps: int = 10
+    """Euler steps when sampling a flow-matching chunk."""
+    # ---- diffusion ----
+    diffusion_train_steps: int = 100
+    """DDPM noise levels used in training."""
+    diffusion_sample_steps: int = 10
+    """DDIM steps when sampling."""
+    diffusion_prediction: Literal["epsilon", "sample"] = "epsilon"
+    """What the diffusion network predicts."""
+    diffusion_clip_sample: float = 1.5
+    """Clip predicted clean actions to +-this (normalized units) during DDIM."""
+    # ---- discrete tokens ----
+    discrete_bins: int = 256
+    """Bins per action dimension over the normalized [-1, 1] (= q01..q99 with quantile norm)."""
+    discrete_decoding: Literal["autoregressive", "parallel"] = "autoregressive"
+    """Token order: one token at a time (RT-2/OpenVLA) or all at once (OpenVLA-OFT)."""
+
+
+SIZES: dict[str, dict[str, object]] = {
+    # tests: a forward pass in milliseconds, overfits in a few hundred steps
+    "tiny": dict(d_model=64, num_layers=2, num_heads=2, ff_dim=128, cnn_widths=(8, 16), image_size=32),
+    # CPU default: a few million parameters
+    "small": dict(d_model=256, num_layers=4, num_heads=4, ff_dim=1024, cnn_widths=(32, 64, 128, 128)),
+    # GPU
+    "base": dict(d_model=512, num_layers=8, num_heads=8, ff_dim=2048, cnn_widths=(64, 128, 256, 256)),
+}
+"""Named model sizes, applied by :func:`policy_config`."""
+
+
+def policy_config(family: str, size: str = "small", **overrides) -> PolicyConfig:
+    """A :class:`PolicyConfig` for ``family`` at a named ``size`` with field overrides."""
+    if family not in ("flow", "diffusion", "discrete"):
+        raise did_you_mean(family, ("flow", "diffusion", "discrete"), "policy family")
+    if size not in SIZES:
+        raise did_you_mean(size, SIZES, "policy size")
+    return dataclasses.replace(PolicyConfig(family=family), **{**SIZES[size], **overrides})  # type: ignore[arg-type]
+
+
+def validate_config(config: PolicyConfig) -> None:
+    """Raise :class:`LbmError` for settings that cannot build a model."""
+    problems = []
+    if config.d_model % config.num_heads:
+        problems.append(f"d_model={config.d_model} is not divisible by num_heads={config.num_heads}")
+    for name in ("horizon", "history", "d_model", "num_layers", "num_heads", "flow_steps", "diffusion_sample_steps"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1 (got {getattr(config, name)})")
+    if config.diffusion_sample_steps > config.diffusion_train_steps:
+        problems.append("diffusion_sample_steps must not exceed diffusion_train_steps")
+    if not 0.1 <= config.crop_fraction <= 1.0:
+        problems.append(f"crop_fraction must be in [0.1, 1] (got {config.crop_fraction})")
+    if config.discrete_bins < 2:
+        problems.append("discrete_bins must be >= 2")
+    if problems:
+        raise LbmError("Invalid policy config: " + "; ".join(problems) + ". Fix these fields (e.g. --policy.d-model).")
+
+
+def config_to_json(config: PolicyConfig) -> dict:
+    """Plain-JSON form of a config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_json(d: dict) -> PolicyConfig:
+    """Inverse of :func:`config_to_json`; unknown keys are an error naming them."""
+    fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise LbmError(f"Checkpoint policy config has unknown fields {unknown}; it was written by a newer lbm. Upgrade lbm.")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return PolicyConfig(**kw)

@@ -1,0 +1,86 @@
+"""Discrete-token baseline (RT-2 / OpenVLA; parallel decoding as in OpenVLA-OFT).
+
+Each normalized action dimension is cut into ``discrete_bins`` uniform bins over [-1, 1], which is
+q01..q99 of the data under the default quantile normalization (values outside are clipped, as
+OpenVLA does). Tokens are ordered time-major ``(t, dim)``; autoregressive decoding predicts token i
+from the observation and tokens < i (greedy at inference), parallel decoding predicts all at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lbm.policies.common import ChunkPolicy
+
+
+class DiscretePolicy(ChunkPolicy):
+    """Cross-entropy over binned action tokens."""
+
+    family = "discrete"
+
+    def __init__(self, config, embodiments, stats, instructions=None):
+        super().__init__(config, embodiments, stats, instructions)
+        D, N, K = config.d_model, config.horizon * self.A, config.discrete_bins
+        self.head = nn.ModuleDict(
+            {
+                "token": nn.Embedding(K + 1, D),  # index K = begin-of-chunk / query placeholder
+                "position": nn.Embedding(N, D),
+                "logits": nn.Linear(D, K),
+            }
+        )
+        self.head["position"].weight.data.mul_(0.02)
+        self.autoregressive = config.discrete_decoding == "autoregressive"
+
+    def tokenize(self, a: torch.Tensor) -> torch.Tensor:
+        """Normalized actions (B, T, Amax) -> bin indices (B, T*Amax)."""
+        K = self.config.discrete_bins
+        return ((a.clamp(-1, 1) + 1) / 2 * K).long().clamp(0, K - 1).flatten(1)
+
+    def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bin indices (B, T*Amax) -> bin centres (B, T, Amax)."""
+        K = self.config.discrete_bins
+        return (-1 + (tokens.float() + 0.5) * 2 / K).view(tokens.shape[0], self.config.horizon, self.A)
+
+    def _logits(self, cond: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs`` (B, n) token ids -> logits (B, n, K) for positions 0..n-1."""
+        n, C = inputs.shape[1], cond.shape[1]
+        x = self.head["token"](inputs) + self.head["position"].weight[:n]
+        mask = None
+        if self.autoregressive:
+            # Observation tokens see each other; action token i sees all of them and tokens <= i.
+            mask = torch.ones(C + n, C + n, dtype=torch.bool, device=cond.device)
+            mask[:C, C:] = False
+            mask[C:, C:] = torch.tril(mask[C:, C:])
+        h = self.expert(torch.cat([cond, x.to(cond.dtype)], dim=1), mask)[:, C:]
+        return self.head["logits"](h)
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        K = self.config.discrete_bins
+        placeholder = torch.full_like(tokens[:, :1], K)
+        if self.autoregressive:
+            return torch.cat([placeholder, tokens[:, :-1]], dim=1)  # teacher forcing, shifted by one
+        return placeholder.expand_as(tokens)
+
+    def _loss(self, p, cond):
+        tokens = self.tokenize(p["action"])
+        w = p["action_weight"].flatten(1)
+        logits = self._logits(cond, self._inputs(tokens)).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
+        loss = (ce * w).sum() / w.sum().clamp_min(1)
+        acc = ((logits.argmax(-1) == tokens).float() * w).sum() / w.sum().clamp_min(1)
+        return loss, {"token_accuracy": float(acc)}
+
+    def _sample(self, p, cond):
+        e = p["embodiment"]
+        B, N, K = cond.shape[0], self.config.horizon * self.A, self.config.discrete_bins
+        if not self.autoregressive:
+            tokens = self._logits(cond, torch.full((B, N), K, device=cond.device)).argmax(-1)
+        else:
+            tokens = torch.full((B, 1), K, device=cond.device, dtype=torch.long)
+            for _ in range(N):
+                nxt = self._logits(cond, tokens)[:, -1].argmax(-1, keepdim=True)
+                tokens = torch.cat([tokens, nxt], dim=1)
+            tokens = tokens[:, 1:]
+        return self.detokenize(tokens) * self.action_mask[e, None]

@@ -1,0 +1,252 @@
+"""Checkpoints: self-describing folders in plain formats (DESIGN.md rule 2).
+
+    CKPT/config.json                 policy config, embodiments, training config, step
+    CKPT/model.safetensors           EMA weights (LoRA merged), incl. normalization buffers
+    CKPT/stats.json                  {embodiment: {feature: FeatureStats}} (lbm.data.save_stats)
+    CKPT/instructions.safetensors    instruction -> all-MiniLM-L6-v2 embedding cache
+    CKPT/trainer/                    resume state: raw + EMA weights, AdamW moments, RNG, step
+
+A checkpoint is written to a temporary folder and swapped in with renames, so an interrupted save
+or a NaN abort never damages the previous good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lbm.errors import LbmError
+from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json, config_to_json
+from lbm.policies.common import PER_EMBODIMENT_SUFFIXES
+from lbm.schema import Embodiment
+
+FORMAT = "lbm-checkpoint/1"
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Plain weights of ``model``: LoRA adapters (peft) folded into their base layers."""
+    from_lora: dict[str, torch.Tensor] = {}
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft, no LoRA layers
+        LoraLayer = ()  # noqa: N806
+    for name, module in model.named_modules():
+        if LoraLayer and isinstance(module, LoraLayer) and module.active_adapters:
+            from_lora[name] = sum(module.get_delta_weight(a) for a in module.active_adapters)
+    out = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value.detach().clone()
+    for name, delta in from_lora.items():
+        out[name + ".weight"] = out[name + ".weight"] + delta.to(out[name + ".weight"].dtype)
+    return out
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LbmError(f"{path} is missing: the checkpoint folder is incomplete. Use a folder written by `lbm train`.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise LbmError(f"{path} is corrupt or not a safetensors file ({error}). Re-download or re-train that checkpoint.") from None
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """AdamW state as flat tensors + param groups as JSON metadata (no pickles)."""
+    sd = optimizer.state_dict()
+    tensors = {f"state.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v) for i, s in sd["state"].items() for k, v in s.items()}
+    return tensors, {"param_groups": json.dumps(sd["param_groups"])}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Inverse of :func:`optimizer_to_tensors`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, i, k = key.split(".", 2)
+        state.setdefault(int(i), {})[k] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: ChunkPolicy,
+    ema: ChunkPolicy,
+    stats: dict[str, dict[str, Any]],
+    train_config: Any,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder at ``path`` (atomically replacing an older one)."""
+    from lbm.data.normalize import save_stats
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "trainer").mkdir(parents=True)
+    config = {
+        "format": FORMAT,
+        "family": ema.config.family,
+        "policy": config_to_json(ema.config),
+        "embodiments": [e.to_json() for e in ema.embodiments.values()],
+        "step": int(step),
+        "train": dataclasses.asdict(train_config) if dataclasses.is_dataclass(train_config) else train_config,
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    _save_tensors(merged_state_dict(ema), tmp / "model.safetensors")
+    save_stats(tmp / "stats.json", {e: stats[e] for e in ema.embodiments})
+    tensors, meta = ema.instructions.to_tensors()
+    _save_tensors(tensors, tmp / "instructions.safetensors", meta)
+    if optimizer is not None:
+        _save_tensors(model.state_dict(), tmp / "trainer" / "model.safetensors")
+        _save_tensors(ema.state_dict(), tmp / "trainer" / "ema.safetensors")
+        tensors, meta = optimizer_to_tensors(optimizer)
+        _save_tensors(tensors, tmp / "trainer" / "optimizer.safetensors", meta)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        _save_tensors(rng, tmp / "trainer" / "rng.safetensors")
+        (tmp / "trainer" / "state.json").write_text(json.dumps({"step": int(step), **(extra_state or {})}, indent=1))
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint, with clear errors for a wrong or damaged folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LbmError(f"Checkpoint folder {path} does not exist. Pass the folder written by `lbm train` (e.g. runs/NAME/checkpoint).")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise LbmError(f"{path} is not an lbm checkpoint: config.json is missing.")
+    try:
+        config = json.loads(cfg_path.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"format {config.get('format')!r}, expected {FORMAT!r}")
+        config_from_json(config["policy"])
+        [Embodiment.from_json(e) for e in config["embodiments"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise LbmError(f"{cfg_path} is corrupt or from an incompatible lbm ({error}). Re-train or re-download the checkpoint.") from None
+    return config
+
+
+def load_stats_of(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per-embodiment normalization stats stored in a checkpoint."""
+    from lbm.data.normalize import load_stats
+
+    return load_stats(Path(path) / "stats.json")
+
+
+def load_instructions(path: str | Path) -> InstructionCache:
+    """The instruction-embedding cache stored in a checkpoint."""
+    from safetensors import safe_open
+
+    file = Path(path) / "instructions.safetensors"
+    _load_tensors(file)  # clear error if missing or corrupt
+    with safe_open(str(file), framework="pt") as f:
+        return InstructionCache.from_tensors({"embeddings": f.get_tensor("embeddings")}, f.metadata())
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> ChunkPolicy:
+    """Load a checkpoint folder as a ready policy (EMA weights, eval mode) satisfying ``lbm.policies.base.Policy``.
+
+    ``policy.predict_chunk([observation])`` returns ``(1, T, A)`` float32 actions in the embodiment's
+    units, clipped to its bounds.
+    """
+    config = read_checkpoint_config(path)
+    embodiments = [Embodiment.from_json(e) for e in config["embodiments"]]
+    stats = load_stats_of(path)
+    missing = [e.name for e in embodiments if e.name not in stats]
+    if missing:
+        raise LbmError(f"{Path(path) / 'stats.json'} lacks normalization stats for {missing}; the checkpoint is incomplete. Re-save it with `lbm train`.")
+    policy = build_policy(config_from_json(config["policy"]), embodiments, stats, load_instructions(path))
+    weights = _load_tensors(Path(path) / "model.safetensors")
+    load_weights(policy, weights, what=str(Path(path) / "model.safetensors"))
+    return policy.to(device).eval()
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load with an actionable message instead of torch's key dump."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        raise LbmError(
+            f"{what} does not match the model described by its config.json (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shapes {wrong[:5]}). The files come from different runs; re-save the checkpoint."
+        )
+    model.load_state_dict(weights, strict=True)
+
+
+def transfer_weights(model: ChunkPolicy, weights: dict[str, torch.Tensor], source_embodiments: list[str]) -> dict[str, list[str]]:
+    """Initialize ``model`` from pretrained ``weights`` for finetuning.
+
+    Per-embodiment rows are matched by embodiment *name* (an embodiment new to the checkpoint keeps
+    its fresh initialization); every other parameter must have the same shape. Normalization
+    buffers are not copied: they come from the stats chosen for finetuning. Returns what was done.
+    """
+    own = model.state_dict()
+    targets = list(model.embodiments)
+    report: dict[str, list[str]] = {"copied": [], "per_embodiment": [], "fresh": []}
+    new = {}
+    for key, value in own.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if key not in weights or leaf in ("state_shift", "state_scale", "action_shift", "action_scale", "action_mask"):
+            report["fresh"].append(key)
+            continue
+        src = weights[key]
+        if leaf in PER_EMBODIMENT_SUFFIXES:
+            value = value.clone()
+            for i, name in enumerate(targets):
+                if name in source_embodiments:
+                    row = src[source_embodiments.index(name)]
+                    sl = tuple(slice(0, min(a, b)) for a, b in zip(value[i].shape, row.shape))
+                    value[i][sl] = row[sl]
+            new[key] = value
+            report["per_embodiment"].append(key)
+        elif src.shape == value.shape:
+            new[key] = src
+            report["copied"].append(key)
+        else:
+            raise LbmError(
+                f"Pretrained weight {key!r} has shape {tuple(src.shape)} but the finetuned model needs {tuple(value.shape)}. "
+                "Finetuning keeps the checkpoint's architecture; do not override model sizes in mode 'finetune'."
+            )
+    model.load_state_dict({**own, **new}, strict=True)
+    return report
+
+
+def check_compatible(checkpoint_embodiments: dict[str, Embodiment], dataset_embodiment: Embodiment, where: str) -> None:
+    """Raise if a dataset's embodiment has the name of a checkpoint embodiment but other sizes."""
+    known = checkpoint_embodiments.get(dataset_embodiment.name)
+    if known is None:
+        return
+    if (known.state_dim, known.action_dim) != (dataset_embodiment.state_dim, dataset_embodiment.action_dim):
+        raise LbmError(
+            f"The dataset's embodiment {dataset_embodiment.name!r} has state/action dims "
+            f"({dataset_embodiment.state_dim}, {dataset_embodiment.action_dim}) but {where} has "
+            f"({known.state_dim}, {known.action_dim}) under the same name. Use the matching dataset, or rename the "
+            "embodiment if it is really a different robot."
+        )

@@ -1,0 +1,106 @@
+"""Training configuration: frozen dataclasses, one doc line per field, parsed by tyro."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lbm.policies.config import PolicyConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which datasets to train on and how to mix them."""
+
+    roots: tuple[str, ...] = ("data/mt10",)
+    """Dataset folders (written by `lbm data generate`); several form a weighted mixture."""
+    weights: tuple[float, ...] = ()
+    """Mixture weight per dataset (empty = equal)."""
+    balance_by_size: bool = False
+    """If true a dataset's share is its weight alone; otherwise weight x number of windows."""
+    val_episodes: int = 2
+    """Episodes held out of each dataset (its last ones) for the validation loss; 0 = none."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = load in the training process)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, gradient clipping and an EMA of the weights."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay (not applied to norms, biases and embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    warmup_steps: int = 200
+    """Linear warmup from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Cosine decays to lr * this at the last step."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    ema_decay: float = 0.999
+    """EMA decay of the evaluation weights (warmed up as min(decay, (1+s)/(10+s)))."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How to start from a pretrained checkpoint (mode 'finetune')."""
+
+    init_from: str = ""
+    """Checkpoint folder to start from (required for mode 'finetune')."""
+    variant: Literal["full", "head_only", "lora"] = "full"
+    """'full': train everything; 'head_only': freeze encoders and trunk; 'lora': LoRA adapters (peft) + heads, merged on save."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha (update scaled by alpha / r)."""
+    stats: Literal["checkpoint", "dataset"] = "checkpoint"
+    """Normalization stats for embodiments the checkpoint knows: keep the pretraining ones, or use the new data's."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: pretrain, finetune or scratch, for any policy family."""
+
+    name: str = "run"
+    """Run name (the default output folder is runs/NAME)."""
+    mode: Literal["pretrain", "finetune", "scratch"] = "pretrain"
+    """'pretrain' (many tasks), 'finetune' (from --finetune.init-from), 'scratch' (random init, any data)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Policy architecture (in mode 'finetune' the checkpoint's architecture is used)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Finetuning settings."""
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Global batch size (split across DDP processes)."""
+    seed: int = 0
+    """Seed of initialization, batch sampling and noise: same seed, same run."""
+    out_dir: str = ""
+    """Output folder (default runs/NAME); the checkpoint is OUT_DIR/checkpoint."""
+    log_every: int = 25
+    """Steps between logged training scalars."""
+    val_every: int = 250
+    """Steps between validation losses (0 = only at the end)."""
+    val_batches: int = 4
+    """Batches in one validation pass (fixed windows, fixed noise)."""
+    save_every: int = 500
+    """Steps between checkpoints (always one at the end)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """'auto': bf16 autocast on CUDA with bf16 or CPUs with avx512_bf16, else fp32."""
+    resume: bool = False
+    """Continue OUT_DIR/checkpoint bit-for-bit (same schedule, data order and noise)."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to OUT_DIR/tb (metrics.jsonl is always written)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'."""

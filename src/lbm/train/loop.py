@@ -1,0 +1,315 @@
+"""The one training loop: every policy family, every mode, one process or many (torchrun DDP).
+
+Read it top to bottom: setup, data, model, optimizer, (resume), loop, final save. It knows nothing
+about which policy it trains: it calls ``compute_loss`` (through ``forward``) and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbm.errors import LbmError
+from lbm.policies import InstructionCache, build_policy, config_from_json
+from lbm.schema import Embodiment
+from lbm.train import checkpoint as ckpt
+from lbm.train.config import TrainConfig
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    o = config.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off: CUDA with bf16, or a CPU with avx512_bf16 (else fp32 is faster)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch indices as a pure function of (seed, step): resume needs no sampler state, and every
+    DDP rank draws the same global batch and keeps its own slice."""
+
+    def __init__(self, weights: np.ndarray, batch: int, start: int, stop: int, seed: int, rank: int, world: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.batch, self.start, self.stop, self.seed, self.rank, self.world = batch, start, stop, seed, rank, world
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            idx = torch.multinomial(self.weights, self.batch * self.world, replacement=True, generator=g)
+            yield idx[self.rank * self.batch : (self.rank + 1) * self.batch].tolist()
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a policy as ``config`` says; returns the checkpoint folder (OUT_DIR/checkpoint)."""
+    from lbm.data.dataset import EpisodeDataset
+    from lbm.data.mixture import Mixture
+    from lbm.data.windows import WindowDataset, collate_windows
+
+    # ---- processes, devices, seeds -------------------------------------------------------------
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.batch_size % world:
+        raise LbmError(f"batch_size={config.batch_size} is not divisible by the {world} processes; choose a multiple of {world}.")
+    if config.steps < 1:
+        raise LbmError(f"steps must be >= 1 (got {config.steps}).")
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
+    out_dir = Path(config.out_dir or f"runs/{config.name}")
+    ckpt_dir = out_dir / "checkpoint"
+    torch.manual_seed(config.seed)
+    main = rank == 0
+
+    # ---- data ----------------------------------------------------------------------------------
+    if not config.data.roots:
+        raise LbmError("No training data: pass --data.roots DIR [DIR ...] (folders written by `lbm data generate`).")
+    datasets = [EpisodeDataset(r) for r in config.data.roots]
+    init = None
+    if config.mode == "finetune":
+        if not config.finetune.init_from:
+            raise LbmError("Mode 'finetune' needs a pretrained checkpoint: pass --finetune.init-from runs/NAME/checkpoint.")
+        init = ckpt.read_checkpoint_config(config.finetune.init_from)
+    policy_cfg = config_from_json(init["policy"]) if init else config.policy
+    embodiments: dict[str, Embodiment] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    for ds in datasets:
+        e = ds.embodiment
+        if e.name in embodiments and embodiments[e.name] != e:
+            raise LbmError(f"Two datasets call different embodiments {e.name!r}; give them distinct names.")
+        embodiments[e.name] = e
+        stats.setdefault(e.name, ds.stats)  # several datasets of one body: the first one's stats
+    if init:
+        pre_embodiments = {d["name"]: Embodiment.from_json(d) for d in init["embodiments"]}
+        for e in embodiments.values():
+            ckpt.check_compatible(pre_embodiments, e, f"checkpoint {config.finetune.init_from}")
+        if config.finetune.stats == "checkpoint":
+            pre_stats = ckpt.load_stats_of(config.finetune.init_from)
+            stats.update({n: pre_stats[n] for n in embodiments if n in pre_stats})
+    train_sets, val_sets = [], []
+    for ds in datasets:
+        n_val = config.data.val_episodes if ds.num_episodes > config.data.val_episodes else 0
+        split = ds.num_episodes - n_val
+        make = lambda eps: WindowDataset(ds, history=policy_cfg.history, horizon=policy_cfg.horizon, episodes=eps, cameras=policy_cfg.cameras)  # noqa: E731
+        train_sets.append(make(list(range(split))))
+        if n_val:
+            val_sets.append(make(list(range(split, ds.num_episodes))))
+    train_data = Mixture(train_sets, weights=config.data.weights or None, balance_by_size=config.data.balance_by_size)
+    val_data = Mixture(val_sets) if val_sets else None
+    instructions = ckpt.load_instructions(config.finetune.init_from) if init else InstructionCache()
+    instructions.ensure({ds.episode_task(i) for ds in datasets for i in range(ds.num_episodes)})
+
+    # ---- model, EMA, finetune variant ------------------------------------------------------------
+    model = build_policy(policy_cfg, list(embodiments.values()), stats, instructions)
+    if init:
+        pre = ckpt._load_tensors(Path(config.finetune.init_from) / "model.safetensors")
+        ckpt.transfer_weights(model, pre, [d["name"] for d in init["embodiments"]])
+        variant = config.finetune.variant
+        if variant == "head_only":
+            heads = set(model.head_parameter_names())
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in heads)
+        elif variant == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            heads = set(model.head_parameter_names())
+            lora = LoraConfig(r=config.finetune.lora_rank, lora_alpha=config.finetune.lora_alpha, target_modules=["qkv", "proj", "fc1", "fc2"])
+            model = inject_adapter_in_model(lora, model)
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n or n in heads)
+    model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "token" not in n and "pos" not in n]
+    no_decay = [p for p in trainable if all(p is not q for q in decay)]
+    o = config.optim
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2)
+    )
+
+    # ---- resume ----------------------------------------------------------------------------------
+    start = 0
+    if config.resume and (ckpt_dir / "trainer" / "state.json").is_file():
+        state = json.loads((ckpt_dir / "trainer" / "state.json").read_text())
+        saved = ckpt.read_checkpoint_config(ckpt_dir)
+        saved_emb = {d["name"]: Embodiment.from_json(d) for d in saved["embodiments"]}
+        for e in embodiments.values():
+            ckpt.check_compatible(saved_emb, e, f"the checkpoint being resumed ({ckpt_dir})")
+        if set(saved_emb) != set(embodiments):
+            raise LbmError(f"Resuming {ckpt_dir} (embodiments {sorted(saved_emb)}) with data of embodiments {sorted(embodiments)}; resume with the same --data.roots.")
+        ckpt.load_weights(model, ckpt._load_tensors(ckpt_dir / "trainer" / "model.safetensors"), "trainer/model.safetensors")
+        ckpt.load_weights(ema, ckpt._load_tensors(ckpt_dir / "trainer" / "ema.safetensors"), "trainer/ema.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt_dir / "trainer" / "optimizer.safetensors"), framework="pt") as f:
+            ckpt.optimizer_from_tensors(optimizer, {k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+        rng = ckpt._load_tensors(ckpt_dir / "trainer" / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        start = int(state["step"])
+        if start >= config.steps:
+            if main:
+                print(f"{ckpt_dir} is already at step {start} >= steps={config.steps}; nothing to do.")
+            return ckpt_dir
+    elif world > 1:
+        torch.manual_seed(config.seed + 7919 * rank)  # different noise per rank, same initial weights (built above)
+
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_sampler=StepBatches(train_data.sample_weights(), config.batch_size // world, start, config.steps, config.seed, rank, world),
+        collate_fn=collate_windows,
+        num_workers=config.data.num_workers,
+        persistent_workers=False,
+    )
+
+    # ---- logging -----------------------------------------------------------------------------------
+    writer = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+            except ImportError:
+                writer = None
+    metrics_file = (out_dir / "metrics.jsonl").open("a") if main else None
+
+    def log(step: int, scalars: dict[str, float]) -> None:
+        if not main:
+            return
+        metrics_file.write(json.dumps({"step": step, **scalars}) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, step)
+
+    val_batches = None
+    if val_data is not None and len(val_data):
+        g = torch.Generator().manual_seed(config.seed + 1)
+        picks = torch.randint(0, len(val_data), (config.val_batches, min(config.batch_size, len(val_data))), generator=g)
+        val_batches = [collate_windows([val_data[int(i)] for i in row]) for row in picks]
+
+    def validate() -> float | None:
+        if val_batches is None:
+            return None
+        # Fixed noise, and the training RNG stream left untouched so resume stays bit-for-bit.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(config.seed + 2)
+            ema.eval()
+            losses = [float(ema.compute_loss(b)[0]) for b in val_batches]
+        return float(np.mean(losses))
+
+    def save(step: int) -> Path:
+        return ckpt.save_checkpoint(ckpt_dir, model=model, ema=ema, stats=stats, train_config=config, step=step,
+                                    optimizer=optimizer, extra_state={"world_size": world})
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    params = sum(p.numel() for p in model.parameters())
+    if main:
+        print(f"[lbm train] {config.name}: {policy_cfg.family} policy, {params / 1e6:.2f}M params "
+              f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trained), mode={config.mode}"
+              f"{'/' + config.finetune.variant if init else ''}, {len(train_data)} windows, "
+              f"{world} process(es), {'bf16' if use_bf16 else 'fp32'}, steps {start}->{config.steps}")
+    bar = tqdm(total=config.steps, initial=start, disable=not main, dynamic_ncols=True, desc="train")
+    model.train()
+    t0, seen, last_val, loss_value = time.perf_counter(), 0, None, float("nan")
+    step = start
+    for batch in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, metrics = net(batch)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise LbmError(
+                f"Training loss became {float(loss)} at step {step}; training stopped. The last good checkpoint "
+                f"({ckpt_dir if ckpt_dir.exists() else 'none written yet'}) is intact. Lower --optim.lr, keep "
+                "--optim.grad-clip on, or audit the data (`lbm data audit`) for NaN or huge values."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip if o.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):
+            bar.close()
+            raise LbmError(f"Gradient norm became {float(grad_norm)} at step {step}; training stopped with the last good checkpoint intact. Lower --optim.lr.")
+        optimizer.step()
+        d = min(o.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm.detach(), 1 - d)
+        step += 1
+        seen += config.batch_size
+        loss_value = metrics["loss"]
+        if step % config.log_every == 0 or step == config.steps:
+            rate = seen / (time.perf_counter() - t0)
+            log(step, {"train/loss": loss_value, "train/lr": lr_at(step - 1, config), "train/grad_norm": float(grad_norm),
+                       "train/samples_per_s": rate, **{f"train/{k}": v for k, v in metrics.items() if k != "loss"}})
+            bar.set_postfix(loss=f"{loss_value:.4f}", val=f"{last_val:.4f}" if last_val is not None else "-", sps=f"{rate:.0f}")
+        if main and (config.val_every and step % config.val_every == 0 or step == config.steps):
+            last_val = validate()
+            if last_val is not None:
+                log(step, {"val/loss": last_val})
+        if main and (step % config.save_every == 0 or step == config.steps):
+            save(step)
+        bar.update(1)
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if main:
+        elapsed = time.perf_counter() - t0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"lbm train {config.name}", show_header=False)
+        for k, v in [("policy", f"{policy_cfg.family} ({params / 1e6:.2f}M params)"), ("steps", f"{start} -> {step}"),
+                     ("final train loss", f"{loss_value:.4f}"), ("final val loss (EMA)", "-" if last_val is None else f"{last_val:.4f}"),
+                     ("samples/s", f"{seen / max(elapsed, 1e-9):.0f}"), ("wall time", f"{elapsed:.1f} s"), ("checkpoint", str(ckpt_dir))]:
+            table.add_row(k, v)
+        Console().print(table)
+        metrics_file.close()
+        if writer is not None:
+            writer.close()
+    return ckpt_dir
