@@ -297,7 +297,17 @@ def train(config: TrainConfig) -> Path:
     if world > 1:
         import torch.distributed as dist
 
+        # DDP must keep replicas identical; check it instead of trusting it, and record the proof.
+        digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
+        digests: list[Any] = [None] * world
+        dist.all_gather_object(digests, digest)
+        if main:
+            state_file = ckpt_dir / "trainer" / "state.json"
+            state = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps({**state, "rank_weight_digests": digests}, indent=1))
         dist.barrier()
+        if len(set(digests)) != 1:
+            raise LbmError(f"DDP replicas diverged (weight digests {digests}); this is a bug, please report it.")
     if main:
         elapsed = time.perf_counter() - t0
         from rich.console import Console
