@@ -28,6 +28,7 @@ def evaluate(
     jsonl: bool = False,
     video: bool = False,
     trial_timeout_s: float = 600.0,
+    shield: bool = False,
 ) -> int:
     """Blind, paired, randomized closed-loop evaluation of policies on simulation tasks.
 
@@ -58,6 +59,7 @@ def evaluate(
         jsonl: Also write the records as OUT/records.jsonl.
         video: Write one mp4 per trial of the first camera under OUT/videos (needs --cameras).
         trial_timeout_s: Wall-clock limit for a batch of trials; trials still running then fail with reason 'timeout'.
+        shield: Pass every action through the embodiment's action shield (bounds, workspace, rate limits; NaN -> hold) and print interventions and violations per 1000 steps.
     """
     from rich.console import Console
     from rich.table import Table
@@ -79,6 +81,7 @@ def evaluate(
         jsonl=jsonl,
         video=video,
         trial_timeout_s=trial_timeout_s,
+        shield=shield,
     )
     summary = run_evaluation(policy, config)
     console = Console()
@@ -96,6 +99,12 @@ def evaluate(
             "[yellow]trials that failed for reasons other than running out of steps (counted as failures): "
             + ", ".join(f"{k} {v}" for k, v in sorted(summary.failures_by_reason.items()))
         )
+    if summary.files and shield:
+        from lbm.eval.stats import load_records as load_blind  # blind ids, like the table above
+        from lbm.safety.report import print_safety_table, safety_table
+
+        blind = load_blind(summary.out / "records.parquet", require_pairing=False)
+        print_safety_table(safety_table(blind), "safety by blind policy id (shield on)")
     if summary.files:
         console.print(f"records: {', '.join(str(f) for f in summary.files)}")
         console.print(f"un-blind and compare: lbm stats compare {summary.out}")
