@@ -144,3 +144,42 @@ def test_unknown_records_id_is_refused(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(LbmError, match="p-0000|blind policy id"):
         rec_mod.load_records(tmp_path / "ev")
+
+
+def _tiny_checkpoint(path, tasks):
+    """An untrained `tiny` flow checkpoint for the Meta-World embodiment (no text-encoder load)."""
+    from lbm.data.normalize import StatsAccumulator
+    from lbm.policies import InstructionCache, build_policy, policy_config
+    from lbm.schema import ACTION, STATE
+    from lbm.sim import METAWORLD_EMBODIMENT, get_task
+    from lbm.train import save_checkpoint
+
+    rng = np.random.default_rng(0)
+    emb = METAWORLD_EMBODIMENT
+    stats = {emb.name: {STATE: StatsAccumulator().update(rng.normal(size=(256, emb.state_dim))).finalize(),
+                        ACTION: StatsAccumulator().update(rng.uniform(-1, 1, size=(256, emb.action_dim))).finalize()}}
+    cache = InstructionCache({get_task(t).instruction: rng.normal(size=384).astype(np.float32) for t in tasks},
+                             use_user_cache=False)
+    policy = build_policy(policy_config("flow", "tiny", horizon=8), [emb], stats, cache)
+    save_checkpoint(path, model=policy, ema=policy, stats=stats, train_config={"note": "untrained"}, step=0)
+    return path
+
+
+def test_checkpoint_policy_is_batched_and_chunked(tmp_path):
+    pytest.importorskip("lbm.train")
+    ckpt = _tiny_checkpoint(tmp_path / "tiny", ["reach-v3", "drawer-open-v3"])
+    config = EvalConfig(tasks=EASY, trials=3, max_steps=20, envs_per_worker=6, out=tmp_path / "ev", progress=False)
+    run_evaluation([f"net={ckpt}", "oracle=expert"], config)
+    df = rec_mod.load_records(tmp_path / "ev")
+    net = df[df.policy == "net"]
+    assert len(net) == 6 and (net.failure_reason == "max_steps").all()
+    assert (net.execute_steps == 8).all()  # the whole chunk by default
+    assert (net.chunk_calls == 3).all()  # 20 steps / 8 per chunk, rounded up
+    assert (net.batch_size > 1).any() and net.latency_ms.gt(0).all()
+    with pytest.raises(LbmError, match="does not exist"):
+        run_evaluation([f"net={tmp_path / 'nope'}"], config)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(LbmError):
+        run_evaluation([f"net={broken}"], EvalConfig(tasks="reach-v3", trials=1, out=tmp_path / "ev2", progress=False))
+    assert not (tmp_path / "ev2" / "manifest.json").exists()  # nothing written for a run that cannot start

@@ -4,7 +4,7 @@ An evaluation folder (``lbm eval --out DIR``) holds::
 
     manifest.json            settings, their hash, blind ids, SHA-256 of blinding.json, status
     blinding.json            blind id -> policy name and source (written before the first trial)
-    records.journal.jsonl    append-only, one line per finished trial, flushed + fsynced per trial
+    records.journal.jsonl    append-only, one line per finished trial, flushed per trial
     records.parquet          the final table (written when the run completes)
     records.jsonl            the same table as JSON lines (with ``--jsonl``)
     videos/                  ``{policy_id}_{task}_{shift}_{trial}.mp4`` (with ``--video``)
@@ -84,14 +84,17 @@ class JournalWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict) -> None:
-        """Append one record."""
+        """Append one record and flush it to the OS (a killed process loses nothing already written)."""
         self._file.write(json.dumps(_jsonable(record), allow_nan=True) + "\n")
+        # flush, not fsync: a SIGKILL or crash of this process keeps every flushed line; only a power
+        # cut could lose the last ones, and a torn last line is cut off on resume. fsync per trial
+        # cost ~5% of evaluation time on a loaded CPU.
         self._file.flush()
-        # Survive a power cut or SIGKILL: a trial is either fully on disk or not at all.
-        os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        """Close the file."""
+        """Flush to disk and close the file."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
 
 
