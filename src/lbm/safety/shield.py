@@ -345,6 +345,21 @@ class ActionShield:
             return False  # unusual config (accel without rate): let the exact path decide
         return True
 
+    def _inside_fast(self, a: np.ndarray, state) -> bool:
+        """True when an action is within the bounds and keeps the hand inside the box (plain floats)."""
+        v = a.tolist()
+        for x, lo, hi in zip(v, self._low_l, self._high_l):
+            if not lo <= x <= hi:
+                return False
+        if self._pos_l:
+            if state is None:
+                return True  # no position known: only the bounds can be audited
+            k = self.config.action_scale
+            for ai, si, w_lo, w_hi in self._pos_l:
+                if not w_lo <= float(state[si]) + k * v[ai] <= w_hi:
+                    return False
+        return True
+
     def hold_action(self, state: np.ndarray | None = None) -> np.ndarray:
         """The hold command now: zero end-effector motion, kept dimensions (gripper) as last applied."""
         hold = self._hold.copy()
@@ -419,6 +434,8 @@ class ActionShield:
             return ("shape",)
         if a.shape != (self.config.action_dim,):
             return ("shape",)
+        if self._inside_fast(a, state):
+            return ()
         if not np.all(np.isfinite(a)):
             return ("nonfinite",)
         tol = self.config.tolerance
