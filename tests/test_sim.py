@@ -362,13 +362,13 @@ def _check_lighting(nom, sh, env):
 
 def _check_color(nom, sh, env):
     _changed_images_not_physics(nom, sh, env)
-    changed = np.nonzero(np.any(sh["model"]["geom_rgba"] != nom["model"]["geom_rgba"], axis=1))[0]
-    assert env.model.geom("tableTop").id in changed if "tableTop" in _geom_names(env) else len(changed) > 0
-    assert set(changed) <= set(env._scene_geoms)  # the robot keeps its colors
-
-
-def _geom_names(env):
-    return {env.model.geom(i).name for i in range(env.model.ngeom)}
+    model = env.model
+    changed_geoms = np.nonzero(np.any(sh["model"]["geom_rgba"] != nom["model"]["geom_rgba"], axis=1))[0]
+    changed_mats = set(np.nonzero(np.any(sh["model"]["mat_rgba"] != nom["model"]["mat_rgba"], axis=1))[0])
+    assert set(changed_geoms) <= set(env._scene_geoms)  # the robot keeps its colors
+    assert model.material("table_wood").id in changed_mats  # the table is recolored
+    robot_mats = {model.geom_matid[g] for g in range(model.ngeom) if g not in set(env._scene_geoms)}
+    assert not changed_mats & (robot_mats - {model.geom_matid[g] for g in env._scene_geoms})
 
 
 SHIFT_CHECKS = {

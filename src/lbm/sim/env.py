@@ -152,13 +152,12 @@ class SimEnv:
         # Everything a shift may edit, so each reset starts from the nominal model.
         self._model_fields = (
             "geom_friction", "body_mass", "body_inertia", "geom_rgba", "mat_rgba",
-            "light_diffuse", "light_dir", "cam_pos", "cam_quat",
+            "light_diffuse", "light_specular", "light_dir", "cam_pos", "cam_quat",
         )  # fmt: skip
         self._nominal_model = {k: getattr(self.model, k).copy() for k in self._model_fields}
-        self._nominal_headlight = (
-            np.array(self.model.vis.headlight.diffuse),
-            np.array(self.model.vis.headlight.ambient),
-        )
+        self._nominal_headlight = {
+            attr: np.array(getattr(self.model.vis.headlight, attr)) for attr in ("diffuse", "ambient", "specular")
+        }
         self._free_cameras = {k: dict(v) for k, v in FREE_CAMERAS.items()}
         self._shift_rngs: dict[str, np.random.Generator] = {}
         self._shift_scratch: dict[str, dict] = {}
@@ -283,8 +282,8 @@ class SimEnv:
     def _restore_model(self) -> None:
         for key, value in self._nominal_model.items():
             getattr(self.model, key)[...] = value
-        self.model.vis.headlight.diffuse[:] = self._nominal_headlight[0]
-        self.model.vis.headlight.ambient[:] = self._nominal_headlight[1]
+        for attr, value in self._nominal_headlight.items():
+            getattr(self.model.vis.headlight, attr)[:] = value
         self._free_cameras = {k: dict(v) for k, v in FREE_CAMERAS.items()}
 
     # ---- rendering --------------------------------------------------------------------------

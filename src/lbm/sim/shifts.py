@@ -100,6 +100,13 @@ def _signed_factor(rng: np.random.Generator, max_factor: float) -> float:
     return float(max_factor**u)
 
 
+def _offset_color(rgb: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    # Reflect offsets that would leave [0, 1]: most Meta-World materials are pure white (1, 1, 1),
+    # where a clipped positive offset would change nothing.
+    moved = rgb + offset
+    return np.clip(np.where((moved > 1) | (moved < 0), rgb - offset, moved), 0.0, 1.0)
+
+
 def _is_horizontal(n: int) -> np.ndarray:
     # Meta-World's initial-condition vectors are concatenated xyz positions (object, goal).
     return np.arange(n) % 3 != 2
@@ -264,28 +271,29 @@ class Lighting(Shift):
     kind: ClassVar[str] = "camera"
     needs_cameras: ClassVar[bool] = True
     what: ClassVar[str] = (
-        "Changes the scene lights: every light's diffuse color and the headlight are scaled by "
-        "1 +/- the magnitude with a per-channel tint of up to half the magnitude, and light "
-        "directions are tilted."
+        "Changes the scene lighting: all lights and the headlight are scaled by one gain drawn "
+        "log-symmetrically between (1+m)^0.5 and 1+m (or their inverses), tinted by a per-channel "
+        "color cast of up to m/3, and the directional lights are tilted by up to m (direction units)."
     )
-    unit: ClassVar[str] = "relative intensity change"
-    magnitudes: ClassVar[dict[str, float]] = {"low": 0.2, "medium": 0.4, "high": 0.7}
+    unit: ClassVar[str] = "m, relative intensity change"
+    magnitudes: ClassVar[dict[str, float]] = {"low": 0.3, "medium": 0.6, "high": 1.0}
 
     def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         m = self.magnitude
         model = env.model
-        gains = []
+        gain = _signed_factor(rng, 1.0 + m)
+        tint = 1.0 + rng.uniform(-m / 3, m / 3, 3)
+        scale = np.clip(gain * tint, 0.0, None)
+        # Total light exceeds 1 on bright surfaces (saturated pixels), so dimming shows most.
+        model.light_diffuse[:] = np.clip(model.light_diffuse * scale, 0.0, 1.0)
+        model.light_specular[:] = np.clip(model.light_specular * scale, 0.0, 1.0)
+        for attr in ("diffuse", "ambient", "specular"):
+            value = getattr(model.vis.headlight, attr)
+            value[:] = np.clip(np.asarray(value) * scale, 0.0, 1.0)
         for light in range(model.nlight):
-            gain = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.5 * m, m)
-            tint = 1.0 + rng.uniform(-m / 2, m / 2, 3)
-            model.light_diffuse[light] = np.clip(model.light_diffuse[light] * gain * tint, 0.0, 1.0)
             direction = model.light_dir[light] + rng.uniform(-m, m, 3)
             model.light_dir[light] = direction / max(np.linalg.norm(direction), 1e-6)
-            gains.append(float(gain))
-        head = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.5 * m, m)
-        model.vis.headlight.diffuse[:] = np.clip(np.asarray(model.vis.headlight.diffuse) * head, 0.0, 1.0)
-        model.vis.headlight.ambient[:] = np.clip(np.asarray(model.vis.headlight.ambient) * head, 0.0, 1.0)
-        return {"light_gains": gains, "headlight_gain": float(head)}
+        return {"gain": gain, "tint": tint.tolist()}
 
 
 @dataclass(frozen=True)
@@ -294,8 +302,8 @@ class Color(Shift):
     kind: ClassVar[str] = "camera"
     needs_cameras: ClassVar[bool] = True
     what: ClassVar[str] = (
-        "Recolors the table and the task objects (every non-robot geom and its material): each RGB "
-        "channel moves by a uniform offset of up to the magnitude, clipped to [0, 1]."
+        "Recolors the table and the task objects (every non-robot geom, or its material when it has "
+        "one): each RGB channel moves by a uniform offset of up to the magnitude, clipped to [0, 1]."
     )
     unit: ClassVar[str] = "max RGB offset"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.1, "medium": 0.25, "high": 0.5}
@@ -303,11 +311,13 @@ class Color(Shift):
     def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         m = self.magnitude
         model = env.model
-        geoms = env._scene_geoms
-        model.geom_rgba[geoms, :3] = np.clip(model.geom_rgba[geoms, :3] + rng.uniform(-m, m, (len(geoms), 3)), 0, 1)
-        mats = np.unique(model.geom_matid[geoms])
+        # MuJoCo draws a geom that has a material in the material's color unless the geom's own
+        # rgba was changed from the default, so recolor materials, and plain geoms directly.
+        geoms = env._scene_geoms[model.geom_matid[env._scene_geoms] < 0]
+        model.geom_rgba[geoms, :3] = _offset_color(model.geom_rgba[geoms, :3], rng.uniform(-m, m, (len(geoms), 3)))
+        mats = np.unique(model.geom_matid[env._scene_geoms])
         mats = mats[mats >= 0]
-        model.mat_rgba[mats, :3] = np.clip(model.mat_rgba[mats, :3] + rng.uniform(-m, m, (len(mats), 3)), 0, 1)
+        model.mat_rgba[mats, :3] = _offset_color(model.mat_rgba[mats, :3], rng.uniform(-m, m, (len(mats), 3)))
         return {"geoms": len(geoms), "materials": len(mats)}
 
 
