@@ -196,7 +196,9 @@ def train(config: TrainConfig) -> Path:
         batch_sampler=StepBatches(train_data.sample_weights(), config.batch_size // world, start, config.steps, config.seed, rank, world),
         collate_fn=collate_windows,
         num_workers=config.data.num_workers,
-        persistent_workers=False,
+        # Its own generator: the loader must not draw from the global RNG that drives the noise,
+        # or a resumed run would see a shifted noise stream.
+        generator=torch.Generator().manual_seed(config.seed),
     )
 
     # ---- logging -----------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""The training loop, checkpoints, finetune variants, resume, DDP and their error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_policies_helpers import INSTRUCTIONS, tiny_embodiment, write_tiny_dataset
+
+from lbm.errors import LbmError
+from lbm.policies import POLICIES
+from lbm.schema import Observation
+from lbm.train import PRESETS, get_preset, load_policy, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    # A private embedding cache: the first training run embeds with the real encoder, later ones reuse it.
+    os.environ["LBM_CACHE_DIR"] = str(root / "cache")
+    write_tiny_dataset(root / "data")
+    write_tiny_dataset(root / "new-task", episodes=4, seed=1)
+    return root
+
+
+def _cfg(workdir, family="flow", steps=30, name="run", **kw):
+    base = get_preset(f"tiny-{family}")
+    return dataclasses.replace(
+        base, name=name, out_dir=str(workdir / name), steps=steps, batch_size=8, precision="fp32", tensorboard=False,
+        threads=1, val_every=10, save_every=10, log_every=5,
+        data=dataclasses.replace(base.data, roots=(str(workdir / "data"),)), **kw)
+
+
+def _obs(emb=None):
+    e = emb or tiny_embodiment()
+    return [Observation(np.linspace(-1, 1, e.state_dim), {}, INSTRUCTIONS[1], e.name)]
+
+
+def test_real_sentence_encoder_embeds_instructions():
+    from lbm.policies.language import encode
+
+    v = encode(["open the drawer", "close the drawer", "open the window"])
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2]  # related instructions embed close
+
+
+@pytest.mark.parametrize("family", sorted(POLICIES))
+def test_train_save_load_round_trip(family, workdir):
+    path = train(_cfg(workdir, family, name=f"rt-{family}"))
+    files = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "stats.json", "instructions.safetensors", "trainer"} <= files
+    lines = [json.loads(x) for x in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/loss" in x for x in lines) and all(np.isfinite(x.get("train/loss", 0)) for x in lines)
+    a, b = load_policy(path), load_policy(path)
+    assert not a.training
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    torch.manual_seed(3)
+    out_a = a.predict_chunk(_obs())
+    torch.manual_seed(3)
+    out_b = b.predict_chunk(_obs())
+    assert out_a.shape == (1, 16, 3) and np.array_equal(out_a, out_b)
+    assert np.all(np.abs(out_a) <= 1)
+    # the checkpoint's model weights are the EMA ones, not the raw training weights
+    raw = load_file(str(path / "trainer" / "model.safetensors"))
+    ema = load_file(str(path / "model.safetensors"))
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema if k.startswith("expert."))
+    # inference on a known instruction never needs the encoder: it comes from the checkpoint's cache
+    assert INSTRUCTIONS[1] in a.instructions
+
+
+def test_resume_is_bit_for_bit(workdir, monkeypatch):
+    straight = train(_cfg(workdir, steps=20, name="straight"))
+    # Interrupt a 20-step run after its step-10 checkpoint, then resume it.
+    calls = {"n": 0}
+    original = POLICIES["flow"].compute_loss
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 10 and self.training:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(POLICIES["flow"], "compute_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(workdir, steps=20, name="split"))
+    monkeypatch.undo()
+    resumed = train(_cfg(workdir, steps=20, name="split", resume=True))
+    for f in ("trainer/model.safetensors", "trainer/ema.safetensors", "model.safetensors"):
+        x, y = load_file(str(straight / f)), load_file(str(resumed / f))
+        assert all(torch.equal(x[k], y[k]) for k in x), f
+
+
+@pytest.mark.parametrize("variant", ["full", "head_only", "lora"])
+def test_finetune_variants(variant, workdir):
+    pre = workdir / "rt-flow" / "checkpoint"
+    if not pre.exists():
+        pre = train(_cfg(workdir, "flow", name="rt-flow"))
+    cfg = _cfg(workdir, name=f"ft-{variant}", steps=15, mode="finetune",
+               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre), variant=variant))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(str(workdir / "new-task"),)))
+    path = train(cfg)
+    before, after = load_file(str(pre / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert set(before) == set(after), "LoRA must be merged into plain weights"
+    trunk = [k for k in before if k.startswith("expert.blocks.0.qkv.weight")]
+    changed = not torch.equal(before[trunk[0]], after[trunk[0]])
+    assert changed == (variant != "head_only")
+    assert not torch.equal(before["head.action_out_w"], after["head.action_out_w"])
+    assert load_policy(path).predict_chunk(_obs()).shape == (1, 16, 3)
+
+
+def test_ddp_two_processes_end_identical(workdir):
+    out = workdir / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "lbm.cli",
+           "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--steps", "4",
+           "--batch-size", "8", "--precision", "fp32", "--threads", "1", "--no-tensorboard", "--val-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((out / "checkpoint" / "trainer" / "state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rank_weight_digests"]) == 2
+    assert state["rank_weight_digests"][0] == state["rank_weight_digests"][1]
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(workdir, monkeypatch):
+    cfg = _cfg(workdir, name="nan", steps=20)
+    calls = {"n": 0}
+    original = POLICIES["flow"].compute_loss
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, metrics = original(self, batch)
+        return (loss * float("nan") if calls["n"] > 12 else loss), metrics
+
+    monkeypatch.setattr(POLICIES["flow"], "compute_loss", poisoned)
+    with pytest.raises(LbmError, match="last good checkpoint"):
+        train(cfg)
+    good = json.loads((workdir / "nan" / "checkpoint" / "config.json").read_text())
+    assert good["step"] == 10
+    monkeypatch.undo()
+    assert load_policy(workdir / "nan" / "checkpoint").predict_chunk(_obs()).shape == (1, 16, 3)
+
+
+def test_bad_checkpoints_and_mismatches(workdir):
+    src = workdir / "rt-flow" / "checkpoint"
+    if not src.exists():
+        src = train(_cfg(workdir, "flow", name="rt-flow"))
+    import shutil
+
+    bad = workdir / "corrupt"
+    shutil.copytree(src, bad, dirs_exist_ok=True)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LbmError, match="corrupt"):
+        load_policy(bad)
+    (bad / "stats.json").unlink()
+    with pytest.raises(LbmError, match="stats"):
+        load_policy(bad)
+    with pytest.raises(LbmError, match="does not exist"):
+        load_policy(workdir / "nowhere")
+    with pytest.raises(LbmError, match="Did you mean 'tiny-flow'"):
+        get_preset("tiny-flw")
+    # finetuning a checkpoint on data of the same-named embodiment with other dims
+    other = write_tiny_dataset(workdir / "wide", episodes=3, embodiment=tiny_embodiment(state_dim=9))
+    cfg = _cfg(workdir, name="mismatch", steps=5, mode="finetune",
+               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(src)))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(str(other),)))
+    with pytest.raises(LbmError, match="state/action dims"):
+        train(cfg)
+
+
+def test_policy_info_cli_and_presets(workdir, capsys):
+    from lbm.cli import main
+
+    src = workdir / "rt-flow" / "checkpoint"
+    if not src.exists():
+        src = train(_cfg(workdir, "flow", name="rt-flow"))
+    assert main(["policy", "info", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "flow" in out and "toy-arm" in out and "instructions cached" in out
+    assert main(["policy", "info", str(workdir / "nowhere")]) == 2
+    assert {"tiny-flow", "mt10-flow-small", "mt10-diffusion-small", "mt10-discrete-small", "finetune-flow-small-lora"} <= set(PRESETS)
+    assert all(name == cfg.name for name, cfg in PRESETS.items())
