@@ -63,6 +63,7 @@ def serve(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LbmError(f"--device {device} was requested but CUDA is not available here. Use --device cpu.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection drowns the metrics lines
     ckpt = read_checkpoint_config(checkpoint)
     policy = load_policy(checkpoint, device=device)
     server = PolicyServer(policy, config, extra_metadata={"checkpoint": Path(checkpoint).name, "step": ckpt.get("step")})
