@@ -14,8 +14,10 @@ world-up is image-up (a plain ``np.flipud`` would give an upright but mirrored i
 
 from __future__ import annotations
 
+import atexit
 import pickle
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +91,19 @@ class StepResult:
     """Meta-World's info plus ``truncated``, ``executed_action`` and ``shifts``."""
 
 
+# Envs holding a renderer. An EGL renderer still open when the interpreter tears down prints
+# EGLError tracebacks; closing the forgotten ones at exit keeps scripts' output clean. The hook is
+# registered after the first renderer exists, so that it runs before MuJoCo's own exit hook
+# (atexit is last-in, first-out) terminates the EGL display.
+_RENDERING: weakref.WeakSet[SimEnv] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_forgotten_renderers() -> None:
+    for env in list(_RENDERING):
+        env._close_renderer()
+
+
 def _task_key(task: str) -> int:
     # A stable (process- and platform-independent) integer for the task; Python's hash() is salted.
     return zlib.crc32(task.encode())
@@ -120,6 +135,10 @@ class SimEnv:
         self.shifts = tuple(shifts)
         self.render_config = render or RenderConfig()
         self.max_steps = int(max_steps if max_steps is not None else spec.max_steps)
+        if not 1 <= self.max_steps <= MAX_METAWORLD_STEPS:
+            raise LbmError(
+                f"max_steps must be between 1 and {MAX_METAWORLD_STEPS} (Meta-World's hard limit), got {self.max_steps}."
+            )
         self.steps = 0
         self.seed: int | None = None
         self.instruction = spec.instruction
@@ -298,6 +317,11 @@ class SimEnv:
             raise did_you_mean(camera, self.embodiment.cameras, "camera")
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            _RENDERING.add(self)
+            global _exit_hook_registered
+            if not _exit_hook_registered:
+                atexit.register(_close_forgotten_renderers)
+                _exit_hook_registered = True
         if camera in self._free_cameras:
             params = self._free_cameras[camera]
             cam = mujoco.MjvCamera()
@@ -321,10 +345,14 @@ class SimEnv:
 
     def close(self) -> None:
         """Free the renderer (EGL contexts left open print errors at exit) and the simulator."""
+        self._close_renderer()
+        self._env.close()
+
+    def _close_renderer(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
-        self._env.close()
+        _RENDERING.discard(self)
 
     def __enter__(self) -> SimEnv:
         return self
@@ -364,6 +392,4 @@ def make_env(
         raise LbmError(f"Camera list {list(cameras)} names a camera twice; give each camera once.")
     if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
         raise LbmError(f"image_size must be an integer between 8 and 1024 pixels, got {image_size!r}.")
-    if max_steps is not None and not 1 <= int(max_steps) <= MAX_METAWORLD_STEPS:
-        raise LbmError(f"max_steps must be between 1 and {MAX_METAWORLD_STEPS} (Meta-World's limit), got {max_steps}.")
     return SimEnv(spec, cameras=cameras, image_size=int(image_size), shifts=parse_shifts(shifts), render=render, max_steps=max_steps)
