@@ -183,3 +183,32 @@ def test_checkpoint_policy_is_batched_and_chunked(tmp_path):
     with pytest.raises(LbmError):
         run_evaluation([f"net={broken}"], EvalConfig(tasks="reach-v3", trials=1, out=tmp_path / "ev2", progress=False))
     assert not (tmp_path / "ev2" / "manifest.json").exists()  # nothing written for a run that cannot start
+
+
+class _Hang:
+    def reset(self, slots=None):
+        pass
+
+    def predict_chunk(self, observations):
+        import time
+
+        time.sleep(10_000)  # a call that never returns: only the parent's watchdog can end it
+
+
+def hang_loader(spec: PolicySpec, seed: int):
+    from lbm.eval.runner import load_policy_spec
+
+    return load_policy_spec(spec, seed) if spec.builtin else _Hang()
+
+
+@pytest.mark.slow
+def test_hung_worker_is_killed_and_its_trials_time_out(tmp_path):
+    ckpt = tmp_path / "hang"
+    ckpt.mkdir()
+    config = EvalConfig(tasks="reach-v3", trials=1, max_steps=50, workers=2, envs_per_worker=1, trial_timeout_s=1.0,
+                        out=tmp_path / "ev", progress=False)
+    run_evaluation(["oracle=expert", f"hang={ckpt}"], config, loader=hang_loader)
+    df = rec_mod.load_records(tmp_path / "ev")
+    hang = df[df.policy == "hang"]
+    assert len(df) == 2 and hang.failure_reason.str.startswith("timeout: worker unresponsive").all()
+    assert df[df.policy == "oracle"].success.all()

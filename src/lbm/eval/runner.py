@@ -245,7 +245,6 @@ def run_wave(
     emit: Callable[[dict], None],
 ) -> int:
     """Run one wave of trials in lockstep, emitting one record per trial. Returns env steps taken."""
-    t0 = time.perf_counter()
     slots: list[_Slot] = []
     for item in items:
         try:
@@ -284,6 +283,8 @@ def run_wave(
 
     exec_used: dict[str, int] = {}
     env_steps = 0
+    # The clock starts after env construction and resets: the timeout limits rollouts, not setup.
+    t0 = time.perf_counter()
     while any(s.active for s in slots):
         if time.perf_counter() - t0 > config.trial_timeout_s:
             _fail([s for s in slots if s.active], f"timeout: wave exceeded trial_timeout_s={config.trial_timeout_s:g}")
@@ -360,7 +361,7 @@ def run_wave(
                 "success": bool(s.success),
                 "steps": s.steps,
                 "return": s.ret,
-                "duration_s": (s.t_end or time.perf_counter()) - t0,
+                "duration_s": max(0.0, (s.t_end or time.perf_counter()) - t0),
                 "failure_reason": None if s.success else (s.failure or "max_steps"),
                 "latency_ms": rec_mod.nan_mean(s.latencies),
                 "chunk_calls": len(s.latencies),
@@ -430,6 +431,7 @@ def _worker_main(worker: int, config: EvalConfig, sources: dict[str, PolicySpec]
                 for it in items:
                     if it.policy not in policies:
                         policies[it.policy] = loader(sources[it.policy], config.seed + 1000 * worker)
+                results_q.put(("wave_start", worker, wave_id))
                 steps = run_wave(items, policies, pool, config, worker, lambda r: results_q.put(("record", worker, r)))
             except Exception as e:  # loading failed: every trial of the wave fails with the reason
                 steps = 0
@@ -641,7 +643,7 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
     next_index = 0
     env_steps = 0
     # A worker busy for this long past the wave limit is hung inside a call that never returns.
-    grace_s = config.trial_timeout_s + 60.0
+    grace_s = config.trial_timeout_s + min(60.0, max(5.0, config.trial_timeout_s))
 
     def spawn() -> None:
         nonlocal next_index
@@ -650,14 +652,15 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
         tq = ctx.Queue()
         p = ctx.Process(target=_worker_main, args=(idx, config, by_id, loader, tq, results_q), daemon=True)
         p.start()
-        workers[idx] = {"proc": p, "q": tq, "wave": None, "since": time.perf_counter(), "got": set()}
+        workers[idx] = {"proc": p, "q": tq, "wave": None, "since": None, "fed": time.perf_counter(), "got": set()}
         feed(idx)
 
     def feed(idx: int) -> None:
         w = workers[idx]
         if pending:
             wave_id, items = pending.popleft()
-            w["wave"], w["since"], w["got"] = (wave_id, items), time.perf_counter(), set()
+            w["wave"], w["since"], w["got"] = (wave_id, items), None, set()
+            w["fed"] = time.perf_counter()
             w["q"].put((wave_id, items))
         else:
             w["wave"] = None
@@ -690,14 +693,16 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
                         bury(idx, f"worker_crashed: exit code {code}")
                         if pending:
                             spawn()
-                    elif w["wave"] is not None and time.perf_counter() - w["since"] > grace_s:
+                    elif w["wave"] is not None and _hung(w, grace_s):
                         bury(idx, f"timeout: worker unresponsive for {grace_s:g}s")
                         if pending:
                             spawn()
                 continue
             if idx not in workers:
                 continue  # a message from a worker already declared dead
-            if kind == "record":
+            if kind == "wave_start":
+                workers[idx]["since"] = time.perf_counter()
+            elif kind == "record":
                 workers[idx]["got"].add((payload["policy"], payload["task"], payload["shift"], int(payload["trial"])))
                 handle(payload)
             elif kind == "wave_done":
@@ -711,6 +716,18 @@ def _run_parallel(waves, by_id, config: EvalConfig, handle, loader) -> int:
             if w["proc"].is_alive():
                 w["proc"].kill()
     return env_steps
+
+
+def _hung(w: dict, grace_s: float) -> bool:
+    """A worker is hung when its wave outlives the grace, or it never starts the wave (startup, policy
+    loading and env construction get a generous fixed allowance on top)."""
+    now = time.perf_counter()
+    if w["since"] is not None:
+        return now - w["since"] > grace_s
+    return now - w["fed"] > grace_s + _STARTUP_ALLOWANCE_S
+
+
+_STARTUP_ALLOWANCE_S = 300.0
 
 
 class _Progress:
