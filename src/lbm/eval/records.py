@@ -23,7 +23,9 @@ seed               int      simulator seed, ``lbm.sim.eval_seed(task, trial)``, 
 success            bool     the task's success predicate held at some step
 steps              int      environment steps executed
 return             float    sum of rewards
-duration_s         float    wall-clock seconds of the rollout (its share of a batched wave)
+duration_s         float    wall-clock seconds from the wave's first step (after env setup) to this
+                            rollout's end; rollouts of one wave step interleaved, so this includes
+                            the other envs' steps
 failure_reason     str|null null on success; otherwise ``max_steps`` (ran out of steps),
                             ``timeout: ...`` (exceeded ``--trial-timeout-s``), ``policy_error: ...``,
                             ``env_error: ...``, ``bad_actions: ...`` or ``worker_crashed: ...``
