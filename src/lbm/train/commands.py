@@ -12,7 +12,7 @@ from lbm.train.presets import PRESETS
 TrainPreset = tyro.extras.subcommand_type_from_defaults(PRESETS)
 
 
-def train(config: TrainPreset) -> int:  # type: ignore[valid-type]
+def train(config: Annotated[TrainPreset, tyro.conf.arg(name=""), tyro.conf.OmitSubcommandPrefixes]) -> int:  # type: ignore[valid-type]
     """Pretrain, finetune or train from scratch: `lbm train PRESET [--field value ...]`.
 
     Example: lbm train mt10-flow-small --data.roots data/mt10 --steps 3000. Under

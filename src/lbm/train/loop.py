@@ -265,7 +265,7 @@ def train(config: TrainConfig) -> Path:
         if not torch.isfinite(loss):
             bar.close()
             raise LbmError(
-                f"Training loss became {float(loss)} at step {step}; training stopped. The last good checkpoint "
+                f"Training loss became {float(loss.detach())} at step {step}; training stopped. The last good checkpoint "
                 f"({ckpt_dir if ckpt_dir.exists() else 'none written yet'}) is intact. Lower --optim.lr, keep "
                 "--optim.grad-clip on, or audit the data (`lbm data audit`) for NaN or huge values."
             )
