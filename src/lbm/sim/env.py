@@ -133,6 +133,7 @@ class SimEnv:
         self.cameras = tuple(cameras)
         self.image_size = int(image_size)
         self.shifts = tuple(shifts)
+        self._active_shifts = tuple(s for s in self.shifts if s.active)
         self.render_config = render or RenderConfig()
         self.max_steps = int(max_steps if max_steps is not None else spec.max_steps)
         if not 1 <= self.max_steps <= MAX_METAWORLD_STEPS:
@@ -210,7 +211,7 @@ class SimEnv:
     @property
     def active_shifts(self) -> tuple[Shift, ...]:
         """The shifts that do something (level other than ``none``)."""
-        return tuple(s for s in self.shifts if s.active)
+        return self._active_shifts
 
     # ---- episode ----------------------------------------------------------------------------
     def reset(self, seed: int, instruction: str | None = None) -> Observation:
