@@ -54,7 +54,7 @@ class InstructionCache:
     """instruction -> float32 ``(384,)`` embedding, filled lazily from the encoder."""
 
     def __init__(self, table: dict[str, np.ndarray] | None = None, use_user_cache: bool = True):
-        self.table: dict[str, np.ndarray] = dict(table or {})
+        self.table: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in (table or {}).items()}
         self.use_user_cache = use_user_cache
 
     def __contains__(self, instruction: str) -> bool:

@@ -102,5 +102,7 @@ class TrainConfig:
     """Write TensorBoard scalars to OUT_DIR/tb (metrics.jsonl is always written)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    max_minutes: float = 0.0
+    """Stop early (saving a checkpoint) after this much wall-clock time; 0 = no limit. The schedule stays that of --steps."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda'."""

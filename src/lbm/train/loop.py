@@ -295,6 +295,11 @@ def train(config: TrainConfig) -> Path:
         if main and (step % config.save_every == 0 or step == config.steps):
             save(step)
         bar.update(1)
+        if config.max_minutes and time.perf_counter() - t0 > 60 * config.max_minutes and step < config.steps:
+            if main:
+                save(step)
+                print(f"[lbm train] time limit of {config.max_minutes} min reached at step {step}; saved. Continue with --resume.")
+            break
     bar.close()
     if world > 1:
         import torch.distributed as dist
