@@ -62,13 +62,13 @@ class StepBatches(torch.utils.data.Sampler):
             yield idx[self.rank * self.batch : (self.rank + 1) * self.batch].tolist()
 
 
-def _all_agree(flag: bool, world: int) -> bool:
+def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
     """True if ``flag`` holds on any rank: every DDP rank must leave the loop at the same step."""
     if world == 1:
         return flag
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)  # NCCL reduces CUDA tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -306,7 +306,7 @@ def train(config: TrainConfig) -> Path:
         if main and (step % config.save_every == 0 or step == config.steps):
             save(step)
         bar.update(1)
-        if config.max_minutes and step < config.steps and _all_agree(time.perf_counter() - t0 > 60 * config.max_minutes, world):
+        if config.max_minutes and step < config.steps and _all_agree(time.perf_counter() - t0 > 60 * config.max_minutes, world, device):
             if main:
                 save(step)
                 print(f"[lbm train] time limit of {config.max_minutes} min reached at step {step}; saved. Continue with --resume.")
