@@ -260,8 +260,8 @@ def test_resume_runs_exactly_the_missing_trials(tmp_path, ckpts):
     key = lambda r: (r["policy"], r["task"], r["shift"], r["trial"])  # noqa: E731
     assert sorted(map(key, again)) == sorted(map(key, full))
     assert [r["success"] for r in sorted(again, key=key)] == [r["success"] for r in sorted(full, key=key)]
-    # Nothing left: a third run runs nothing.
-    assert run_evaluation(specs, config, loader=loader).ran == 0
+    # Nothing left: a third run (policies given in another order) runs nothing.
+    assert run_evaluation(specs[::-1], config, loader=loader).ran == 0
     # Different settings are refused, naming what differs.
     with pytest.raises(LbmError, match="trials"):
         run_evaluation(specs, replace(config, trials=4), loader=loader)

@@ -518,7 +518,8 @@ def run_evaluation(
         if not s.builtin or loader is not load_policy_spec:
             parent_policies[s.name] = loader(s, config.seed)
 
-    ids = blind_ids([s.name for s in specs], config.seed)
+    # Sorted: the ids must not depend on the order of --policy flags, or a resumed run would re-map them.
+    ids = blind_ids(sorted(s.name for s in specs), config.seed)
     by_id = {ids[s.name]: s for s in specs}
     seeds = {(t, i): int(sim.eval_seed(t, i)) for t in task_names for i in range(config.trials)}
     schedule = make_schedule(list(by_id), task_names, shift_list, config.trials, seeds, config.seed)
