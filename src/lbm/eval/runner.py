@@ -14,6 +14,8 @@ How a run flows (``run_evaluation``):
    (receding-horizon chunking: execute ``execute_steps`` actions, then re-query). The batch width
    stays fixed for the whole wave (finished slots keep passing their last observation and their
    actions are discarded) so that slot ``i`` always means the same env — the Policy contract.
+   Policies that declare ``stateless = True`` (the built-in expert and random) are asked only for
+   the slots that need actions.
 4. Workers send records back; the parent appends each to the journal (fsynced) and updates the
    progress bar. A worker that dies or stops answering is replaced; the trials it held are
    recorded as failures with the reason, never dropped.
@@ -87,6 +89,10 @@ class EvalConfig:
     """Show a progress bar."""
     shield: bool = False
     """Filter every action through the embodiment's default action shield (lbm.safety) before env.step."""
+    monitor: Path | None = None
+    """Failure-monitor folder (lbm.safety.monitor); records the step of its first alert per trial."""
+    features: bool = False
+    """Store per-step policy features under OUT/features (to train a failure monitor)."""
 
     def settings(self, specs: Sequence[PolicySpec], task_names: list[str], shift_list: list[str]) -> dict:
         """What defines the results (hashed for resume); operational knobs such as workers are excluded."""
@@ -101,6 +107,7 @@ class EvalConfig:
             "execute_steps": self.execute_steps,
             "max_steps": self.max_steps,
             **({"shield": True} if self.shield else {}),  # absent when off: older manifests keep their hash
+            **({"monitor": str(self.monitor)} if self.monitor else {}),
         }
 
 
@@ -260,7 +267,10 @@ def run_wave(
             s.init_hash = _initial_state_hash(env, s.obs)
             from lbm.safety.rollout import SlotSafety
 
-            s.safety = SlotSafety(env.embodiment, shield=config.shield)
+            from lbm.safety.monitor import features_path
+
+            feats = features_path(config.out, item.policy, item.task, item.shift, item.trial) if config.features else None
+            s.safety = SlotSafety(env.embodiment, shield=config.shield, monitor=config.monitor, features_file=feats)
         except Exception as e:
             s.active, s.failure, s.t_end = False, f"env_error: {_short(e)}", time.perf_counter()
         slots.append(s)
@@ -276,6 +286,10 @@ def run_wave(
         exec_steps[pid] = config.execute_steps or getattr(policy, "execute_steps", None)
         try:
             policy.reset(None)
+            if config.monitor or config.features:  # per-chunk features for the failure monitor
+                from lbm.safety.failure import FeatureRecorder
+
+                FeatureRecorder.attach(policy)
             if hasattr(policy, "bind_envs"):  # privileged pseudo-policies (expert) read the true state
                 policy.bind_envs([s.env for s in group])
         except Exception as e:
@@ -324,6 +338,9 @@ def run_wave(
                 # Clip rather than trust (the shield, when on, does its own bounds and records them).
                 raw = actions.astype(np.float32)
                 s.queue.extend(raw if config.shield else s.env.embodiment.clip_actions(raw))
+                recorder = getattr(policy, "_lbm_feature_recorder", None)
+                if recorder is not None and recorder.last is not None and s.safety is not None:
+                    s.safety.set_feature(recorder.last[i])
                 s.latencies.append(latency_ms)
         for s in slots:
             if not s.active or not s.queue:
@@ -502,8 +519,6 @@ def run_evaluation(
     policy from a spec (default :func:`load_policy_spec`; with ``workers > 1`` it is sent to the worker
     processes, so it must be a module-level function). Records go to ``config.out`` (see :mod:`lbm.eval.records`).
     """
-    import json
-
     from lbm import sim
 
     specs = [s if isinstance(s, PolicySpec) else None for s in policy_specs]
@@ -529,8 +544,17 @@ def run_evaluation(
     # Build the first env before touching the folder: bad cameras, image sizes or step limits fail
     # here with the simulator's own message rather than in every trial. In-process, it is reused.
     pool = _EnvPool(config, capacity=4 * config.envs_per_worker)
-    pool.give(schedule[0].task, schedule[0].shift, pool.take(schedule[0].task, schedule[0].shift))
+    try:
+        pool.give(schedule[0].task, schedule[0].shift, pool.take(schedule[0].task, schedule[0].shift))
+        return _run_with_pool(config, specs, by_id, schedule, settings, digest, pool, parent_policies, loader)
+    finally:
+        pool.close()
 
+
+def _run_with_pool(config, specs, by_id, schedule, settings, digest, pool, parent_policies, loader) -> EvalSummary:
+    import json
+
+    ids = {spec.name: pid for pid, spec in by_id.items()}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST_FILE
@@ -616,11 +640,10 @@ def run_evaluation(
                 for wave in waves:
                     summary.env_steps += run_wave(wave, policies, pool, config, 0, handle)
             else:
-                pool.close()
+                pool.close()  # workers build their own envs
                 summary.env_steps += _run_parallel(waves, by_id, config, handle, loader)
     finally:
         summary.env_build_s = pool.build_s
-        pool.close()
         writer.close()
         summary.wall_s = time.perf_counter() - t_start
 
