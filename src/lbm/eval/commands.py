@@ -29,6 +29,8 @@ def evaluate(
     video: bool = False,
     trial_timeout_s: float = 600.0,
     shield: bool = False,
+    monitor: Path | None = None,
+    features: bool = False,
 ) -> int:
     """Blind, paired, randomized closed-loop evaluation of policies on simulation tasks.
 
@@ -60,6 +62,8 @@ def evaluate(
         video: Write one mp4 per trial of the first camera under OUT/videos (needs --cameras).
         trial_timeout_s: Wall-clock limit for a batch of trials; trials still running then fail with reason 'timeout'.
         shield: Pass every action through the embodiment's action shield (bounds, workspace, rate limits; NaN -> hold) and print interventions and violations per 1000 steps.
+        monitor: Failure-monitor folder (lbm.safety.monitor): record each trial's first alert step (column alert_step; -1 = none). Needs checkpoint policies.
+        features: Store per-step policy features under OUT/features to train a failure monitor. Needs checkpoint policies.
     """
     from rich.console import Console
     from rich.table import Table
@@ -82,6 +86,8 @@ def evaluate(
         video=video,
         trial_timeout_s=trial_timeout_s,
         shield=shield,
+        monitor=monitor,
+        features=features,
     )
     summary = run_evaluation(policy, config)
     console = Console()

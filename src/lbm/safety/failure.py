@@ -361,3 +361,10 @@ class FeatureRecorder:
             return cond
 
         policy.encode = encode
+        policy._lbm_feature_recorder = self
+
+    @classmethod
+    def attach(cls, policy) -> FeatureRecorder:
+        """The policy's recorder, created on first use (never wraps ``encode`` twice)."""
+        existing = getattr(policy, "_lbm_feature_recorder", None)
+        return existing if existing is not None else cls(policy)

@@ -17,12 +17,20 @@ shield_holds           int    steps replaced by the hold command (NaN/inf, wrong
 shield_limits          str    ``limit:count`` pairs, e.g. ``rate:12,workspace:3`` ("" if none)
 violations             int    executed actions that broke a hard limit (0 whenever the shield is on)
 proposed_violations    int    actions *proposed* by the policy that would have broken a hard limit
+alert_step             int    (with ``--monitor``) first step the failure monitor alarmed; -1: never
 =====================  =====  ===================================================================
+
+With ``--features`` (or ``--monitor``) the runner also hands over the policy feature of every
+chunk (:meth:`SlotSafety.set_feature`); ``--features`` stores them per trial (see
+:mod:`lbm.safety.monitor`). The monitor only records alerts; it does not stop the rollout, so that
+success with and without monitoring stays comparable.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from pathlib import Path
 
 from lbm.safety.shield import ActionShield, default_shield_config
 from lbm.schema import Embodiment
@@ -31,8 +39,18 @@ from lbm.schema import Embodiment
 class SlotSafety:
     """Shield (optional) and violation audit of one rollout."""
 
-    def __init__(self, embodiment: Embodiment, shield: bool = False) -> None:
+    def __init__(self, embodiment: Embodiment, shield: bool = False, monitor: str | None = None,
+                 features_file: Path | None = None) -> None:
         config = default_shield_config(embodiment)
+        self.monitor = None
+        if monitor is not None:
+            from lbm.safety.monitor import load_monitor
+
+            self.monitor = load_monitor(str(monitor))
+        self.features_file = features_file
+        self.keep_features = monitor is not None or features_file is not None
+        self.feature: np.ndarray | None = None  # feature of the chunk being executed
+        self.features: list[np.ndarray] = []
         self.shield = ActionShield(config, keep_log=False) if shield else None
         self._audit = ActionShield(config, keep_log=False)  # only its pure violations() is used
         self.violations = 0
@@ -45,12 +63,32 @@ class SlotSafety:
         executed = self.shield.filter(action, state) if self.shield is not None else action
         if self._audit.violations(executed, state):
             self.violations += 1
+        if self.keep_features and self.feature is not None:
+            self.features.append(self.feature)
         return executed
+
+    def set_feature(self, feature: np.ndarray) -> None:
+        """The policy feature ``(D,)`` of the chunk whose actions come next."""
+        self.feature = np.asarray(feature, np.float32)
+
+    def alert_step(self) -> int | None:
+        """First step at which the failure monitor alarmed (0-based), None if it never did or is off."""
+        if self.monitor is None or not self.features:
+            return None
+        return self.monitor.alarm_step(np.stack(self.features))
 
     def record(self) -> dict:
         """The safety columns of this rollout's record."""
         stats = self.shield.stats if self.shield is not None else None
+        extra = {}
+        if self.monitor is not None:
+            alert = self.alert_step()
+            extra["alert_step"] = -1 if alert is None else alert
+        if self.features_file is not None and self.features:
+            self.features_file.parent.mkdir(parents=True, exist_ok=True)
+            np.save(self.features_file, np.stack(self.features))
         return {
+            **extra,
             "shield": self.shield is not None,
             "shield_interventions": stats.interventions if stats else 0,
             "shield_holds": stats.holds if stats else 0,
