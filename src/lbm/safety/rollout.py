@@ -28,9 +28,9 @@ success with and without monitoring stays comparable.
 
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from lbm.safety.shield import ActionShield, default_shield_config
 from lbm.schema import Embodiment
