@@ -70,6 +70,11 @@ def evaluate(
 
     from lbm.eval.runner import EvalConfig, run_evaluation
 
+    if monitor is not None:  # a wrong path fails now, not inside every trial
+        from lbm.safety.monitor import FailureMonitor
+
+        FailureMonitor.load(Path(monitor))
+
     config = EvalConfig(
         tasks=tasks,
         shifts=shifts,
