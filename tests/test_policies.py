@@ -77,7 +77,7 @@ def test_overfits_a_tiny_batch(family, data, cache):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     first, last = np.mean(losses[:10]), np.mean(losses[-20:])
     policy.eval()
     torch.manual_seed(1)
