@@ -61,7 +61,7 @@ def main() -> None:
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         results.append(row)
         print(json.dumps(row))
-    print(f"\n{'family':10s} {'params':>9s} {'b=1 ms':>8s} {'b=16 ms':>8s}" + (" {'compiled b=1':>12s}" if args.compile else ""))
+    print(f"\n{'family':10s} {'params':>9s} {'b=1 ms':>8s} {'b=16 ms':>8s}" + (f" {'compiled b=1':>12s}" if args.compile else ""))
     for r in results:
         print(f"{r['family']:10s} {r['params']:9d} {r['ms_b1']:8.1f} {r['ms_b16']:8.1f}" + (f" {r['ms_b1_compiled']:12.1f}" if args.compile else ""))
     load = open("/proc/loadavg").read().split()[0]
