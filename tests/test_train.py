@@ -190,3 +190,15 @@ def test_policy_info_cli_and_presets(workdir, capsys):
     assert main(["policy", "info", str(workdir / "nowhere")]) == 2
     assert {"tiny-flow", "mt10-flow-small", "mt10-diffusion-small", "mt10-discrete-small", "finetune-flow-small-lora"} <= set(PRESETS)
     assert all(name == cfg.name for name, cfg in PRESETS.items())
+
+
+def test_episode_subsets_are_nested_and_seeded():
+    from lbm.train.loop import episode_subset
+
+    small, mid, full = (episode_subset(20, f, seed=3) for f in (0.1, 0.25, 1.0))
+    assert len(small) == 2 and len(mid) == 5 and full == list(range(20))
+    assert set(small) <= set(mid) <= set(full)
+    assert episode_subset(20, 0.25, seed=4) != mid  # another seed draws another subset
+    assert episode_subset(3, 0.01, seed=0) and len(episode_subset(3, 0.01, seed=0)) == 1
+    with pytest.raises(LbmError):
+        episode_subset(10, 0.0, seed=0)

@@ -101,6 +101,8 @@ class StudyConfig:
     """Evaluation worker processes."""
     max_steps: int = 0
     """Step limit per evaluation trial (0 = the task's default)."""
+    execute_steps: int = 8
+    """Actions executed from each predicted chunk before the policy is asked again (receding horizon)."""
     zero_shot: bool = True
     """Also evaluate the pretrained policy without finetuning."""
     demo_workers: int = 2
@@ -309,9 +311,11 @@ def run_study(config: StudyConfig) -> dict:
     _check_folder(root)
     cache = _Cache(root)
     trials, mdd = plan_trials(config)
+    detectable = (f"minimum detectable difference {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a "
+                  f"success rate of {config.target_p1:.2f})" if math.isfinite(mdd) else
+                  f"no difference is detectable with power {config.power} at this n")
     _log(f"study {config.name}: {len(pretrain_tasks)} pretraining tasks, held out: {', '.join(heldout_tasks)}; "
-         f"{trials} trials per policy, task and condition; minimum detectable difference {mdd:.2f} "
-         f"(alpha {config.alpha}, power {config.power}, from a success rate of {config.target_p1:.2f}).")
+         f"{trials} trials per policy, task and condition; {detectable}.")
     sizes = dict(cameras=list(config.cameras), image_size=config.image_size)
 
     # 1. demonstrations
@@ -381,14 +385,16 @@ def run_study(config: StudyConfig) -> dict:
     conditions = ",".join(("none", *config.shifts))
     for task in heldout_tasks:
         specs = [f"{name}={info['path']}" for name, info in sorted(checkpoints[task].items())]
-        settings = dict(task=task, policies=specs, shifts=conditions, trials=trials, max_steps=config.max_steps, **sizes)
+        settings = dict(task=task, policies=specs, shifts=conditions, trials=trials, max_steps=config.max_steps,
+                        execute_steps=config.execute_steps, **sizes)
 
         def build(work: Path, task=task, specs=specs) -> None:
             from lbm.eval.runner import EvalConfig, run_evaluation
 
             run_evaluation(specs, EvalConfig(tasks=task, shifts=conditions, trials=trials, out=work,
                                              workers=config.eval_workers, cameras=config.cameras,
-                                             image_size=config.image_size, max_steps=config.max_steps or None))
+                                             image_size=config.image_size, max_steps=config.max_steps or None,
+                                             execute_steps=config.execute_steps))
 
         folder = cache.stage("eval", settings, build, f"evaluation on {task}")
         frames.append(_annotated_records(folder, checkpoints[task]))
@@ -421,7 +427,7 @@ def _train_settings(cfg) -> dict:
 
 def _annotated_records(folder: Path, policies: dict[str, dict]):
     """The un-blinded records of one evaluation, with the study's arm / fraction / seed columns."""
-    from lbm.eval.stats import load_records
+    from lbm.eval.records import load_records
 
     df = load_records(folder)
     df["arm"] = df["policy"].map(lambda p: policies[p]["arm"])
@@ -543,12 +549,15 @@ def analyze(df, config: StudyConfig, trials: int, mdd: float) -> dict:
         per_fraction.append(dict(fraction=f, **c))
         draws.append(b_ft.mean(axis=1) >= b_sc.mean(axis=1))
     reached = np.array(draws)  # (fractions, reps)
-    point = next((f for f, r in zip(fractions, per_fraction) if r["diff"] >= 0), None)
+    # When from-scratch at 100% never succeeds, "reaching" it is trivial: no multiplier is defined.
+    floor = all(s == 0 for s, _ in sc_full.values())
+    point = None if floor else next((f for f, r in zip(fractions, per_fraction) if r["diff"] >= 0), None)
     first = np.where(reached.any(axis=0), np.argmax(reached, axis=0), -1)
     boot_f = np.array([fractions[i] if i >= 0 else np.inf for i in first])
     finite = boot_f[np.isfinite(boot_f)]
     out["data_efficiency"] = dict(
         per_fraction=per_fraction,
+        scratch_floor=floor,
         fraction=point,
         multiplier=(full / point) if point else None,
         fraction_interval=[float(np.quantile(boot_f, 0.025)), float(np.quantile(boot_f, 0.975))],
@@ -603,12 +612,16 @@ def _verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
                  f"(exact Boschloo tests, Holm family-wise alpha {config.alpha:g}). Across tasks the mean difference is "
                  f"{agg['diff']:+.2f} [95% CI {agg['lo']:+.2f}, {agg['hi']:+.2f}], CMH p = {agg['p']:.3g}: "
                  + ("significant." if sig else "not significant."))
-        if not sig and abs(agg["diff"]) < a["mdd"]:
+        if not sig and not abs(agg["diff"]) >= a["mdd"]:  # also when no difference is detectable (mdd NaN)
+            mdd = f"{a['mdd']:.2f}" if math.isfinite(a["mdd"]) else "larger than any possible difference"
             w.append(f"Under {label} the observed difference ({agg['diff']:+.2f}) is smaller than the minimum detectable "
-                     f"difference of one task cell ({a['mdd']:.2f} at {a['trials_per_cell']} trials): no significant "
+                     f"difference of one task cell ({mdd} at {a['trials_per_cell']} trials): no significant "
                      "difference is not evidence of no difference.")
     de = a["data_efficiency"]
-    if de["fraction"] is not None:
+    if de["scratch_floor"]:
+        v.append("Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
+                 "no data multiplier is reported (floor effect: train longer or pick easier tasks).")
+    elif de["fraction"] is not None:
         lo, hi = de["fraction_interval"]
         hi_txt = "not reached" if hi == float("inf") else f"{hi:.0%}"
         v.append(f"Data efficiency: finetuned reaches the mean success of from-scratch-with-100% at {de['fraction']:.0%} of "

@@ -20,6 +20,10 @@ class DataConfig:
     """If true a dataset's share is its weight alone; otherwise weight x number of windows."""
     val_episodes: int = 2
     """Episodes held out of each dataset (its last ones) for the validation loss; 0 = none."""
+    fraction: float = 1.0
+    """Train on this fraction of each dataset's training episodes (rounded up, at least one)."""
+    subset_seed: int = 0
+    """Seed of the episode order the fraction is taken from: subsets of one seed are nested."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
 

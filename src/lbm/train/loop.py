@@ -73,6 +73,18 @@ def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
+    """The first ceil(fraction * n) episodes of a seeded permutation of range(n), sorted.
+
+    One permutation per seed makes the subsets nested (10 % is inside 25 % is inside 100 %), as in
+    the LBM study's data-efficiency sweep, so a larger fraction only ever adds demonstrations.
+    """
+    if not 0 < fraction <= 1:
+        raise LbmError(f"--data.fraction must be in (0, 1], got {fraction}.")
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes))])
+
+
 def train(config: TrainConfig) -> Path:
     """Train a policy as ``config`` says; returns the checkpoint folder (OUT_DIR/checkpoint)."""
     from lbm.data.dataset import EpisodeDataset
@@ -133,7 +145,7 @@ def train(config: TrainConfig) -> Path:
         n_val = config.data.val_episodes if ds.num_episodes > config.data.val_episodes else 0
         split = ds.num_episodes - n_val
         make = lambda eps: WindowDataset(ds, history=policy_cfg.history, horizon=policy_cfg.horizon, episodes=eps, cameras=policy_cfg.cameras)  # noqa: E731
-        train_sets.append(make(list(range(split))))
+        train_sets.append(make(episode_subset(split, config.data.fraction, config.data.subset_seed)))
         if n_val:
             val_sets.append(make(list(range(split, ds.num_episodes))))
     train_data = Mixture(train_sets, weights=config.data.weights or None, balance_by_size=config.data.balance_by_size)
