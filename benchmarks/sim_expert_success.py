@@ -87,7 +87,7 @@ def main() -> None:
     total_k = sum(r["successes"] for r in rows)
     total_n = sum(r["trials"] for r in rows)
     lo, hi = clopper_pearson(total_k, total_n)
-    print(f"\n| task | success | 95% CI | mean len | max len | limit |\n|---|---|---|---|---|---|")
+    print("\n| task | success | 95% CI | mean len | max len | limit |\n|---|---|---|---|---|---|")
     for r in rows:
         mean = f"{r['mean_len']:.0f}" if r["mean_len"] is not None else "-"
         print(

@@ -29,7 +29,6 @@ import math
 import os
 import queue
 import time
-import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field

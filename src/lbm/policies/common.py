@@ -23,7 +23,7 @@ from torch import nn
 
 from lbm.errors import LbmError
 from lbm.policies.config import PolicyConfig, validate_config
-from lbm.policies.language import EMBED_DIM, InstructionCache
+from lbm.policies.language import InstructionCache
 from lbm.schema import ACTION, PAD_SUFFIX, STATE, Embodiment, Observation, image_key
 
 STATE_PAD = STATE + PAD_SUFFIX
@@ -201,7 +201,7 @@ class ChunkPolicy(nn.Module):
         E = len(self.embodiments)
         self.S = max(e.state_dim for e in embodiments)
         self.A = max(e.action_dim for e in embodiments)
-        D, H, T = config.d_model, config.history, config.horizon
+        D, H = config.d_model, config.history
 
         # Normalization constants are buffers: they travel in model.safetensors with the weights.
         names = ("state_shift", "state_scale", "action_shift", "action_scale", "action_mask")

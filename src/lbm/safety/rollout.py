@@ -58,11 +58,14 @@ class SlotSafety:
 
     def filter(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
         """The action to execute for ``action`` at ``state`` (shielded if on); audit both."""
-        if self._audit.violations(action, state):
-            self.proposed_violations += 1
-        executed = self.shield.filter(action, state) if self.shield is not None else action
-        if self._audit.violations(executed, state):
-            self.violations += 1
+        proposed = bool(self._audit.violations(action, state))
+        self.proposed_violations += proposed
+        if self.shield is None:  # what is executed is what was proposed: audit it once
+            executed, broke = action, proposed
+        else:
+            executed = self.shield.filter(action, state)
+            broke = bool(self._audit.violations(executed, state))
+        self.violations += broke
         if self.keep_features and self.feature is not None:
             self.features.append(self.feature)
         return executed
