@@ -1,16 +1,31 @@
 """Round trip with LeRobot's own ``LeRobotDataset`` (marker ``interop``; run with ``make test-interop``).
 
-``lerobot`` 0.4.x pins ``torch<2.11`` and ``huggingface-hub<0.36``, so it cannot live in our venv.
-This test builds a separate venv in a temporary folder: our CPU ``torch==2.13.0`` first (so nothing
-pulls a multi-GB CUDA build), then ``lerobot`` with ``--no-deps`` plus only the packages its dataset
-code imports. It then (1) loads a dataset we wrote with ``LeRobotDataset(repo_id, root=...)`` and
-compares frames, and (2) has LeRobot write a dataset that our :class:`EpisodeDataset` reads back.
-If the environment cannot be built (no registry, incompatible wheels) the test skips and says why.
+``lerobot`` 0.4.x pins ``torch<2.11``, ``torchvision<0.26`` and ``huggingface-hub<0.36``, so it cannot
+live in our venv. This test builds a separate venv (cached, see :func:`lerobot_python`) with the
+``torch==2.9.1`` / ``torchvision==0.24.1`` pair (inside LeRobot's pins; pip takes both from this
+machine's disk), then ``lerobot`` with ``--no-deps`` plus only the packages its dataset code imports.
+Newer torchvision will not do: 0.25+ dropped ``torchvision.io.VideoReader``, which LeRobot's ``pyav``
+decoder calls (``torchcodec``, its other decoder, needs system FFmpeg libraries and a matching torch).
+
+1. LeRobot reads what we write: ``LeRobotDataset(repo_id, root=...)`` on a dataset from our
+   :class:`DatasetWriter` (video and PNG images) gives back every frame's state, action, indices,
+   timestamp and task, images that match ours, and ``delta_timestamps`` windows padded at episode edges.
+2. We read what LeRobot writes: ``LeRobotDataset.create`` / ``add_frame`` / ``save_episode`` /
+   ``finalize`` make a dataset (AV1 video, as on the Hub, and a PNG camera; once in single files and
+   once split over many files and chunks); our :class:`EpisodeDataset` must agree with LeRobot's own
+   reading of it, frame by frame.
+
+All runs are offline (``HF_HUB_OFFLINE=1``) from local roots. If the side environment cannot be
+built (no registry, no wheel for this machine, too little disk) the test skips and says why.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,98 +34,266 @@ import numpy as np
 import pytest
 
 from lbm.data import DatasetWriter, EpisodeDataset
-from lbm.schema import ACTION, STATE, Embodiment, image_key
+from lbm.schema import ACTION, EPISODE_INDEX, FRAME_INDEX, INDEX, STATE, TASK_INDEX, TIMESTAMP, Embodiment, image_key
 
 pytestmark = pytest.mark.interop
 
-LEROBOT = "lerobot==0.4.4"
-DEPS = [
-    "datasets>=4,<5", "huggingface-hub>=0.34.2,<0.36", "draccus==0.10.0", "av>=15,<16", "packaging<26", "einops",
-    "jsonlines", "deepdiff", "termcolor", "gymnasium>=1.1.1", "pandas", "pyarrow", "pillow",
+LEROBOT = "0.4.4"
+TORCH, TORCHVISION = "2.9.1", "0.24.1"  # on disk for Python 3.11 on x86_64 (CUDA build, runs on CPU) and aarch64
+DEPS = [  # what ``lerobot.datasets.lerobot_dataset`` imports, with LeRobot's own bounds
+    "datasets>=4,<5", "huggingface-hub>=0.34.2,<0.36", "accelerate>=1.10,<2", "av>=15,<16",
+    "packaging>=24.2,<26", "pandas", "pyarrow", "pillow",
 ]
+NEEDED_FREE_GB = 12  # the venv is ~7 GB on x86_64, plus pip's unpacking
 EMB = Embodiment("toy-arm", 5, 2, (-1, -1), (1, 1), cameras=("cam",), control_hz=10)
 
 
-def _pip(python: Path, *args: str, timeout: int = 900) -> None:
-    r = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=timeout)
+def _cache_root() -> Path:
+    return Path(os.environ.get("LBM_INTEROP_CACHE") or Path.home() / ".cache" / "lbm-interop")
+
+
+def _pip(python: Path, *args: str, constraints: Path) -> None:
+    cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints), *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"cannot build the LeRobot environment: pip install {' '.join(args)} took over 30 min")
     if r.returncode:
-        pytest.skip(f"cannot build the LeRobot environment: pip install {' '.join(args)} failed: {r.stderr[-400:]}")
+        err = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
+        pytest.skip(f"cannot build the LeRobot environment: pip install {' '.join(args)} failed: {err[-600:]}")
+
+
+def _probe(python: Path) -> str:
+    """'' when LeRobot's dataset class imports in ``python``, else the last line of the error."""
+    r = subprocess.run(
+        [str(python), "-c", "import torchvision.io; torchvision.io.VideoReader; "
+                            "from lerobot.datasets.lerobot_dataset import LeRobotDataset"],
+        capture_output=True, text=True, timeout=300, env={**_offline_env(python.parent), "PYTHONWARNINGS": "ignore"},
+    )
+    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def _offline_env(home: Path) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HF_HOME": str(home / "hf"),
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 @pytest.fixture(scope="module")
-def lerobot_python(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("lerobot-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    _pip(python, "torch==2.13.0")
-    _pip(python, "--no-deps", LEROBOT, "torchvision")
-    _pip(python, *DEPS)
-    probe = subprocess.run([str(python), "-c", "from lerobot.datasets.lerobot_dataset import LeRobotDataset"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        pytest.skip(f"{LEROBOT} does not import in the side environment: {probe.stderr.strip().splitlines()[-1:]}")
+def lerobot_python() -> Path:
+    """Python of a venv with LeRobot, built once and cached under ``$LBM_INTEROP_CACHE`` (default
+    ``~/.cache/lbm-interop``), keyed by every pinned version; a first build takes a few minutes."""
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip(f"the LeRobot side environment is pinned for Python 3.11, this is {platform.python_version()}")
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip(f"no torch {TORCH} / torchvision {TORCHVISION} pair is known for {platform.machine()}")
+    cache = _cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / f"lerobot-{LEROBOT}-torch{TORCH}-tv{TORCHVISION}-py311-{platform.machine()}"
+    python, ready = venv / "bin" / "python", venv / ".lbm-ready"
+    spec = json.dumps({"lerobot": LEROBOT, "torch": TORCH, "torchvision": TORCHVISION, "deps": DEPS})
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it ready
+        if ready.is_file() and ready.read_text() == spec and python.exists() and not _probe(python):
+            return python
+        shutil.rmtree(venv, ignore_errors=True)  # half-built, stale or broken: start over
+        free_gb = shutil.disk_usage(cache).free / 2**30
+        if free_gb < NEEDED_FREE_GB:
+            pytest.skip(f"cannot build the LeRobot environment: {free_gb:.1f} GB free in {cache}, need {NEEDED_FREE_GB}")
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot create a venv for LeRobot: {r.stderr.strip()[-300:]}")
+        constraints = venv / "constraints.txt"  # nothing later may swap torch for a multi-GB download
+        constraints.write_text(f"torch=={TORCH}\ntorchvision=={TORCHVISION}\n")
+        _pip(python, f"torch=={TORCH}", f"torchvision=={TORCHVISION}", constraints=constraints)
+        _pip(python, "--no-deps", f"lerobot=={LEROBOT}", constraints=constraints)
+        _pip(python, *DEPS, constraints=constraints)
+        error = _probe(python)
+        if error:
+            pytest.skip(f"lerobot=={LEROBOT} does not import in its side environment ({venv}): {error}")
+        ready.write_text(spec)
     return python
 
 
-def _run(python: Path, code: str) -> str:
-    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600,
-                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
+def _run(python: Path, code: str, home: Path) -> dict:
+    """Run ``code`` in the LeRobot venv, offline; it prints one JSON object as its last line."""
+    home.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=900,
+                       env={**_offline_env(home), "PYTHONWARNINGS": "ignore"}, cwd=home)
+    assert r.returncode == 0, f"LeRobot side failed:\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_lerobot_reads_our_dataset(tmp_path, lerobot_python):
+# Dump every frame of a LeRobotDataset to an .npz (images as uint8 HWC) and its metadata as JSON.
+DUMP = """
+def dump(ds, out):
+    import json, numpy as np
+    cols = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        for k, v in item.items():
+            if k == "task":
+                cols.setdefault(k, []).append(v)
+            elif k in ds.meta.camera_keys:  # float CHW in [0, 1] -> uint8 HWC
+                cols.setdefault(k, []).append((v.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            else:
+                cols.setdefault(k, []).append(v.numpy())
+    np.savez(out, **{k: np.array(v) for k, v in cols.items()})
+    tasks = ds.meta.tasks.sort_values("task_index").index.tolist()
+    return {"len": len(ds), "episodes": ds.num_episodes, "fps": ds.fps, "robot_type": ds.meta.robot_type,
+            "cameras": list(ds.meta.camera_keys), "video_keys": list(ds.meta.video_keys), "tasks": tasks,
+            "lengths": [int(x) for x in ds.meta.episodes["length"]], "stats": sorted(ds.meta.stats)}
+"""
+
+
+def _frame_images(lengths, h, w):
+    """Per-episode (L, h, w, 3) images: a gradient plus a level unique to each frame of the dataset, so a
+    frame taken from a neighbour (off by one, or from the next episode) is far off."""
+    gy, gx = np.meshgrid(np.linspace(0, 40, h), np.linspace(0, 30, w), indexing="ij")
+    base = np.stack([gy, gx, gy + gx], -1)
+    out, g = [], 0
+    for L in lengths:
+        out.append(np.stack([(base + 20 + 9 * (g + t)).clip(0, 255).astype(np.uint8) for t in range(L)]))
+        g += L
+    return out
+
+
+@pytest.mark.parametrize("video", [True, False], ids=["video", "png"])
+def test_lerobot_reads_our_dataset(tmp_path, lerobot_python, video):
     rng = np.random.default_rng(0)
-    root = tmp_path / "ours"
+    root, lengths, tasks = tmp_path / "ours", (6, 9, 4), ("open the drawer", "press the button", "open the drawer")
     states, actions = [], []
-    with DatasetWriter(root, EMB, cameras=("cam",)) as w:
-        for e, L in enumerate((6, 9)):
+    images = _frame_images(lengths, 32, 48) if video else [rng.integers(0, 256, (L, 12, 10, 3), np.uint8) for L in lengths]
+    with DatasetWriter(root, EMB, cameras=("cam",), video=video) as w:
+        for L, task, img in zip(lengths, tasks, images):
             s, a = rng.normal(size=(L, 5)).astype(np.float32), rng.uniform(-1, 1, (L, 2)).astype(np.float32)
-            img = np.full((L, 32, 32, 3), 100, np.uint8) + np.arange(L, dtype=np.uint8)[:, None, None, None] * 5
-            w.add_episode(s, a, f"task {e}", images={"cam": img})
+            w.add_episode(s, a, task, images={"cam": img})
             states.append(s), actions.append(a)
-    code = f"""
+    cam = image_key("cam")
+    code = DUMP + f"""
 import json, numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-ds = LeRobotDataset("local/ours", root={str(root)!r})
-out = {{"len": len(ds), "episodes": ds.num_episodes, "items": []}}
-for i in (0, 5, 6, 14):
-    it = ds[i]
-    out["items"].append({{"state": it["{STATE}"].tolist(), "action": it["{ACTION}"].tolist(), "task": it["task"],
-                          "img_mean": float(it["{image_key('cam')}"].float().mean()), "ep": int(it["episode_index"])}})
-print(json.dumps(out))
+ds = LeRobotDataset("local/ours", root={str(root)!r}, video_backend="pyav")
+meta = dump(ds, {str(tmp_path / "lerobot.npz")!r})
+# A policy's view: action chunks ahead and the previous camera frame, padded at episode edges.
+w = LeRobotDataset("local/ours", root={str(root)!r}, video_backend="pyav",
+                   delta_timestamps={{"action": [0, 0.1, 0.2], {cam!r}: [-0.1, 0.0]}})
+meta["windows"] = {{}}
+for i in (5, 6, 18):
+    it = w[i]
+    meta["windows"][i] = {{"action": it["action"].tolist(), "action_is_pad": it["action_is_pad"].tolist(),
+                           "cam": (it[{cam!r}].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8).tolist(),
+                           "cam_is_pad": it[{cam!r} + "_is_pad"].tolist()}}
+print(json.dumps(meta))
 """
-    got = json.loads(_run(lerobot_python, code).strip().splitlines()[-1])
-    assert got["len"] == 15 and got["episodes"] == 2
+    meta = _run(lerobot_python, code, tmp_path / "home")
+    got = np.load(tmp_path / "lerobot.npz")
+    n = sum(lengths)
+    assert (meta["len"], meta["episodes"], meta["fps"], meta["robot_type"]) == (n, 3, 10, "toy-arm")
+    assert meta["cameras"] == [cam] and meta["video_keys"] == ([cam] if video else [])
+    assert meta["tasks"] == ["open the drawer", "press the button"] and meta["lengths"] == list(lengths)
+    assert {STATE, ACTION} <= set(meta["stats"])
+
     flat_s, flat_a = np.concatenate(states), np.concatenate(actions)
-    for i, item in zip((0, 5, 6, 14), got["items"]):
-        np.testing.assert_array_equal(np.float32(item["state"]), flat_s[i])
-        np.testing.assert_array_equal(np.float32(item["action"]), flat_a[i])
-        assert item["task"] == f"task {item['ep']}"
-    frame = (100 + 5 * np.array([0, 5, 0, 8])) / 255  # LeRobot returns images as float in [0, 1]
-    np.testing.assert_allclose([it["img_mean"] for it in got["items"]], frame, atol=0.03)
+    ep = np.repeat(np.arange(3), lengths)
+    fi = np.concatenate([np.arange(L) for L in lengths])
+    np.testing.assert_array_equal(got[STATE], flat_s)
+    np.testing.assert_array_equal(got[ACTION], flat_a)
+    np.testing.assert_array_equal(got[EPISODE_INDEX], ep)
+    np.testing.assert_array_equal(got[FRAME_INDEX], fi)
+    np.testing.assert_array_equal(got[INDEX], np.arange(n))
+    np.testing.assert_allclose(got[TIMESTAMP], fi / 10, atol=1e-6)
+    np.testing.assert_array_equal(got[TASK_INDEX], [0 if tasks[e] == "open the drawer" else 1 for e in ep])
+    assert got["task"].tolist() == [tasks[e] for e in ep]
+
+    originals = np.concatenate(images)
+    ours = EpisodeDataset(root)
+    our_frames = np.concatenate([ours.images(e, "cam") for e in range(3)])
+    theirs = got[cam]
+    assert theirs.shape == originals.shape
+    if video:  # lossy h264 (CRF 12): both decoders see the same stream; both stay near the originals
+        diff = np.abs(theirs.astype(int) - our_frames.astype(int))
+        assert diff.max() <= 2, f"LeRobot and lbm decode our video differently (max diff {diff.max()})"
+        err = np.abs(theirs.astype(int) - originals.astype(int)).reshape(n, -1).mean(1)
+        assert err.max() < 3, f"LeRobot's decoded frames stray from what we wrote: mean abs error per frame {err.round(2)}"
+    else:
+        np.testing.assert_array_equal(theirs, originals)
+        np.testing.assert_array_equal(our_frames, originals)
+
+    win = meta["windows"]
+    # last frame of episode 0: the chunk runs past the end, so it repeats the last action, marked as padding
+    np.testing.assert_array_equal(np.float32(win["5"]["action"]), flat_a[[5, 5, 5]])
+    assert win["5"]["action_is_pad"] == [False, True, True] and win["5"]["cam_is_pad"] == [False, False]
+    # first frame of episode 1: the previous camera frame would be episode 0's, so it is padding (a repeat)
+    np.testing.assert_array_equal(np.float32(win["6"]["action"]), flat_a[6:9])
+    assert win["6"]["action_is_pad"] == [False, False, False] and win["6"]["cam_is_pad"] == [True, False]
+    cams6 = np.uint8(win["6"]["cam"])
+    np.testing.assert_array_equal(cams6[0], cams6[1])
+    np.testing.assert_array_equal(cams6[1], theirs[6])
+    np.testing.assert_array_equal(np.uint8(win["18"]["cam"]), theirs[17:19])  # last frame of the dataset
 
 
-def test_we_read_a_dataset_lerobot_wrote(tmp_path, lerobot_python):
-    root = tmp_path / "theirs"
-    code = f"""
-import numpy as np
+@pytest.mark.parametrize("split", [False, True], ids=["single-files", "split-files"])
+def test_we_read_a_dataset_lerobot_wrote(tmp_path, lerobot_python, split):
+    root, lengths = tmp_path / "theirs", (4, 6, 5)
+    # Split: LeRobot starts a new data/video/episode file for every episode, and a new chunk folder
+    # every 2 files (what a large recording looks like), so files and chunks roll over mid-dataset.
+    settings = "ds.meta.update_chunk_settings(chunks_size=2, data_files_size_in_mb=1e-9, video_files_size_in_mb=1e-9)"
+    code = DUMP + f"""
+import json, numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 features = {{"observation.state": {{"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]}},
-            "action": {{"dtype": "float32", "shape": (2,), "names": ["x", "y"]}}}}
-ds = LeRobotDataset.create("local/theirs", fps=15, root={str(root)!r}, robot_type="toybot", features=features, use_videos=False)
-for e in range(2):
-    for t in range(4 + e):
-        ds.add_frame({{"observation.state": np.full(3, 10 * e + t, np.float32), "action": np.full(2, -t, np.float32),
-                      "task": f"do {{e}}"}})
+            "action": {{"dtype": "float32", "shape": (2,), "names": ["x", "y"]}},
+            "observation.images.front": {{"dtype": "video", "shape": (32, 48, 3), "names": ["height", "width", "channels"]}},
+            "observation.images.wrist": {{"dtype": "image", "shape": (16, 16, 3), "names": ["height", "width", "channels"]}}}}
+ds = LeRobotDataset.create("local/theirs", fps=15, root={str(root)!r}, robot_type="toybot", features=features,
+                           use_videos=True, metadata_buffer_size=1)
+{settings if split else ""}
+gy, gx = np.meshgrid(np.linspace(0, 40, 32), np.linspace(0, 30, 48), indexing="ij")
+base, g = np.stack([gy, gx, gy + gx], -1), 0
+for e, L in enumerate({lengths!r}):
+    for t in range(L):
+        ds.add_frame({{"observation.state": np.full(3, 10 * e + t, np.float32), "action": np.full(2, -t - 0.5 * e, np.float32),
+                      "observation.images.front": (base + 20 + 9 * g).clip(0, 255).astype(np.uint8),
+                      "observation.images.wrist": np.full((16, 16, 3), (7 * g, 255 - 7 * g, 3 * e), np.uint8),
+                      "task": ["pick up the cube", "stack the blocks"][e % 2]}})
+        g += 1
     ds.save_episode()
 ds.finalize()
-print("written")
+# LeRobot's own reading of what it wrote is the reference for ours.
+print(json.dumps(dump(LeRobotDataset("local/theirs", root={str(root)!r}, video_backend="pyav"),
+                      {str(tmp_path / "lerobot.npz")!r})))
 """
-    _run(lerobot_python, code)
+    meta = _run(lerobot_python, code, tmp_path / "home")
+    ref = np.load(tmp_path / "lerobot.npz")
+    n = sum(lengths)
+    if split:
+        assert len(list((root / "data").glob("*/*.parquet"))) == 3 and (root / "data" / "chunk-001").is_dir()
+        assert len(list((root / "videos" / "observation.images.front").glob("*/*.mp4"))) == 3
+        assert len(list((root / "meta" / "episodes").glob("*/*.parquet"))) > 1
+    assert json.loads((root / "meta" / "info.json").read_text())["features"]["observation.images.front"]["info"][
+        "video.codec"] == "av1"  # LeRobot's default, as on the Hub
+
     ours = EpisodeDataset(root)
-    assert (ours.num_episodes, ours.num_frames, ours.fps) == (2, 9, 15.0)
-    assert ours.embodiment.name == "toybot" and ours.embodiment.state_names == ("a", "b", "c")
-    assert [ours.episode_task(i) for i in range(2)] == ["do 0", "do 1"]
-    np.testing.assert_array_equal(ours.episode(1)[STATE][:, 0], [10, 11, 12, 13, 14])
-    np.testing.assert_array_equal(ours.episode(0)[ACTION][:, 1], [0, -1, -2, -3])
+    assert (ours.num_episodes, ours.num_frames, ours.fps) == (meta["episodes"], meta["len"], float(meta["fps"])) == (3, n, 15.0)
+    assert ours.tasks == meta["tasks"] == ["pick up the cube", "stack the blocks"]
+    assert ours.cameras == ("front", "wrist")
+    emb = ours.embodiment
+    assert (emb.name, emb.state_names, emb.action_names, emb.control_hz) == ("toybot", ("a", "b", "c"), ("x", "y"), 15.0)
+    assert [ours.episode_length(i) for i in range(3)] == meta["lengths"] == list(lengths)
+    assert [ours.episode_task(i) for i in range(3)] == [ref["task"][ours.episode_bounds(i)[0]] for i in range(3)]
+    for key in (STATE, ACTION, INDEX, EPISODE_INDEX, FRAME_INDEX, TIMESTAMP, TASK_INDEX):
+        np.testing.assert_array_equal(ours.frames(key), ref[key].reshape(ours.frames(key).shape), err_msg=key)
+    np.testing.assert_array_equal(ours.episode(1)[STATE][:, 0], [10, 11, 12, 13, 14, 15])
+    np.testing.assert_array_equal(ours.episode(2)[ACTION][:, 1], [-1, -2, -3, -4, -5])
+    np.testing.assert_allclose(ours.stats[STATE].mean, ours.frames(STATE).mean(0), rtol=1e-5)
+
+    wrist = np.concatenate([ours.images(i, "wrist") for i in range(3)])
+    np.testing.assert_array_equal(wrist, ref["observation.images.wrist"])  # PNG: lossless both ways
+    g = np.arange(n)
+    np.testing.assert_array_equal(wrist[:, 0, 0, :2], np.stack([7 * g, 255 - 7 * g], -1))
+    front = np.concatenate([ours.images(i, "front") for i in range(3)])
+    assert front.shape == (n, 32, 48, 3)
+    diff = np.abs(front.astype(int) - ref["observation.images.front"].astype(int))
+    assert diff.max() <= 2, f"lbm and LeRobot decode LeRobot's AV1 video differently (max diff {diff.max()})"
+    levels = front.reshape(n, -1).mean(1) - front[0].reshape(-1).mean()
+    np.testing.assert_allclose(levels, 9 * g, atol=3)  # every frame is the right one, in order
