@@ -93,6 +93,9 @@ class StudyConfig:
     """Planner: ... this success rate of the stronger arm."""
     alpha: float = 0.05
     """Family-wise significance level."""
+    noninferiority_margin: float = 0.1
+    """Data efficiency: finetuned counts as matching from-scratch@100% when the 95% lower bound of
+    their difference in mean success is above minus this margin (a non-inferiority test)."""
     power: float = 0.8
     """Planner: power to detect target_p1 vs target_p2."""
     max_trials: int = 50
@@ -542,27 +545,35 @@ def analyze(df, config: StudyConfig, trials: int, mdd: float) -> dict:
         )
     out["aggregate"] = agg
 
-    # Data efficiency (nominal): the smallest fraction whose finetuned mean success reaches
-    # scratch@100%, with its bootstrap distribution (resampling rollouts within every cell).
+    # Data efficiency (nominal). Primary: the smallest fraction at which finetuned is non-inferior
+    # to scratch@100% (bootstrap lower bound above -margin). Also: finetuned vs scratch with the
+    # same demos at every fraction, and the bootstrap distribution of the smallest fraction whose
+    # finetuned mean reaches scratch@100% (resampling rollouts within every cell).
     sc_full = _arm_cells(df, "scratch", full, "none")
     per_fraction, draws = [], []
     _, p_sc, b_sc = _bootstrap_rates(sc_full, reps, rng)
     for f in fractions:
         cells = _arm_cells(df, "finetuned", f, "none")
         c = _contrast(cells, sc_full, reps, rng)
+        same = _contrast(cells, _arm_cells(df, "scratch", f, "none"), reps, rng)
         _, p_ft, b_ft = _bootstrap_rates(cells, reps, rng)
-        per_fraction.append(dict(fraction=f, **c))
+        per_fraction.append(dict(fraction=f, **c, noninferior=bool(c["lo"] > -config.noninferiority_margin),
+                                 same_data={k: same[k] for k in ("diff", "lo", "hi", "p", "rate_b") if k in same}))
         draws.append(b_ft.mean(axis=1) >= b_sc.mean(axis=1))
     reached = np.array(draws)  # (fractions, reps)
     # When from-scratch at 100% never succeeds, "reaching" it is trivial: no multiplier is defined.
     floor = all(s == 0 for s, _ in sc_full.values())
     point = None if floor else next((f for f, r in zip(fractions, per_fraction) if r["diff"] >= 0), None)
+    noninferior = None if floor else next((r["fraction"] for r in per_fraction if r["noninferior"]), None)
     first = np.where(reached.any(axis=0), np.argmax(reached, axis=0), -1)
     boot_f = np.array([fractions[i] if i >= 0 else np.inf for i in first])
     finite = boot_f[np.isfinite(boot_f)]
     out["data_efficiency"] = dict(
         per_fraction=per_fraction,
         scratch_floor=floor,
+        margin=config.noninferiority_margin,
+        noninferior_fraction=noninferior,
+        noninferior_multiplier=(full / noninferior) if noninferior else None,
         fraction=point,
         multiplier=(full / point) if point else None,
         # inverted_cdf returns resampled values themselves, so "not reached" (inf) stays inf, not NaN.
@@ -627,15 +638,23 @@ def _verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     if de["scratch_floor"]:
         v.append("Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
                  "no data multiplier is reported (floor effect: train longer or pick easier tasks).")
-    elif de["fraction"] is not None:
-        lo, hi = de["fraction_interval"]
-        hi_txt = "not reached" if hi == float("inf") else f"{hi:.0%}"
-        v.append(f"Data efficiency: finetuned reaches the mean success of from-scratch-with-100% at {de['fraction']:.0%} of "
-                 f"the task demos (a {de['multiplier']:.1f}x data multiplier; bootstrap 95% range of that fraction "
-                 f"{lo:.0%} to {hi_txt}; reached in {de['p_reached']:.0%} of resamples).")
     else:
-        v.append("Data efficiency: finetuned did not reach the mean success of from-scratch-with-100% at any fraction "
-                 "tested, so no data multiplier is supported.")
+        margin = f"margin {de['margin']:.2f}"
+        if de["noninferior_fraction"] is not None:
+            v.append(f"Data efficiency: finetuned with {de['noninferior_fraction']:.0%} of the task demos is non-inferior to "
+                     f"from-scratch with 100% ({margin}, 95% stratified bootstrap): a {de['noninferior_multiplier']:.1f}x "
+                     "data multiplier.")
+        else:
+            v.append(f"Data efficiency: at no fraction tested is finetuned non-inferior to from-scratch with 100% of the "
+                     f"demos ({margin}), so no data multiplier is supported.")
+        lo, hi = de["fraction_interval"]
+        reach = (f"Its mean success first reaches from-scratch-with-100% at {de['fraction']:.0%} (point estimate; "
+                 f"bootstrap 95% range {lo:.0%} to {'not reached' if hi == float('inf') else f'{hi:.0%}'}, reached in "
+                 f"{de['p_reached']:.0%} of resamples)." if de["fraction"] is not None else
+                 "Its mean success does not reach from-scratch-with-100% at any fraction (point estimate).")
+        same = "; ".join(f"{r['fraction']:.0%}: {r['same_data']['diff']:+.2f} [{r['same_data']['lo']:+.2f}, "
+                         f"{r['same_data']['hi']:+.2f}], CMH p = {r['same_data']['p']:.3g}" for r in de["per_fraction"])
+        v.append(f"{reach} With the same demos, finetuned minus from-scratch: {same}.")
     for g in a["robustness"]:
         grows = g["lo"] > 0
         shrinks = g["hi"] < 0
@@ -685,10 +704,14 @@ def write_study_report(root: Path, records, analysis: dict, config: StudyConfig)
          [[r["task"], r["shift"], r["arm"], f"{r['s']}/{r['n']}", f"{r['s_scratch']}/{r['n_scratch']}",
            f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", f"{r['p']:.3g}", f"{r['p_holm']:.3g}", r["verdict"]]
           for r in analysis["per_task"]]),
-        ("Data efficiency (nominal): finetuned at each fraction minus from-scratch at 100%",
-         ["fraction", "finetuned", "scratch@100%", "difference [95% bootstrap]", "CMH p"],
+        ("Data efficiency (nominal): finetuned at each fraction vs from-scratch at 100% and with the same demos",
+         ["fraction", "finetuned", "scratch@100%", "difference [95% bootstrap]", "CMH p",
+          f"non-inferior (margin {de['margin']:.2f})", "scratch, same demos", "difference [95% bootstrap]", "CMH p"],
          [[f"{r['fraction']:.0%}", f"{r.get('rate_a', float('nan')):.2f}", f"{r.get('rate_b', float('nan')):.2f}",
-           f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", f"{r['p']:.3g}"] for r in de["per_fraction"]]),
+           f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", f"{r['p']:.3g}", "yes" if r["noninferior"] else "no",
+           f"{r['same_data'].get('rate_b', float('nan')):.2f}",
+           f"{r['same_data']['diff']:+.2f} [{r['same_data']['lo']:+.2f}, {r['same_data']['hi']:+.2f}]",
+           f"{r['same_data']['p']:.3g}"] for r in de["per_fraction"]]),
         ("Robustness gap: (finetuned - scratch) under shift minus nominal",
          ["shift", "advantage nominal", "advantage shift", "gap [95% bootstrap]", "tasks better nominal / shift"],
          [[g["shift"], f"{g['advantage_nominal']:+.2f}", f"{g['advantage_shift']:+.2f}",
