@@ -1,11 +1,20 @@
-"""Failure detector on real Meta-World rollouts (seen vs unseen tasks), detector latency, twin-check cost.
+"""Failure detector on a trained policy's last-layer features: trained on seen tasks, scored on unseen ones.
 
-Rollouts come from the scripted expert with Gaussian action noise of a per-rollout level (so some
-succeed and some fail); features are the 39-D simulator state per step. This exercises the whole
-pipeline on real simulator data (length cut, training on seen tasks, conformal band on held-out
-seen successes, evaluation on unseen tasks) but it is NOT a measurement on policy latent features:
-no trained checkpoint is involved. Prints the figures and writes them as JSON (--out); --quick:
-fewer rollouts.
+Reproduces benchmarks/results/failure_detector.md::
+
+    python benchmarks/safety_detector.py --checkpoint studies/quick/cache/train-59c6b6293588/checkpoint \\
+        --eval-dir /tmp/fd/ev
+
+1. ``lbm eval --features --action-samples K`` of the checkpoint on SEEN + UNSEEN tasks, nominal and
+   ``object_pose:medium`` (skipped when ``--eval-dir`` already holds that evaluation: it resumes).
+2. Every rollout is cut at the shortest successful length of its task (length-leak guard).
+3. Seen-task rollouts: a seeded share (--calibration-fraction) of the successes is held out for the conformal band; detectors
+   are fit on the rest (successes + all failures). Unseen-task rollouts are only scored.
+4. For each detector (SAFE-MLP, SAFE-LSTM, Mahalanobis, k-NN, timeout, action-sample variance):
+   ROC-AUC of the max-so-far score, false-alarm rate at alpha with a Clopper-Pearson interval,
+   detection rate, lead time (steps from the alarm to the cut end), scoring latency per step.
+
+Prints a markdown table and writes the figures as JSON (--out).
 """
 
 from __future__ import annotations
@@ -13,99 +22,135 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-SEEN = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-v3", "door-open-v3", "window-open-v3")
-UNSEEN = ("drawer-close-v3", "window-close-v3", "button-press-topdown-v3", "reach-wall-v3")
+SEEN = ("coffee-pull-v3", "handle-pull-v3", "basketball-v3", "coffee-push-v3", "pick-place-v3", "push-v3", "sweep-v3",
+        "drawer-open-v3")
+UNSEEN = ("pick-out-of-hole-v3", "pick-place-wall-v3", "assembly-v3", "plate-slide-back-v3", "window-close-v3",
+          "dial-turn-v3")
 
 
-def rollouts(tasks, n, max_steps, seed):
-    from tqdm import tqdm
+def run_eval(args) -> None:
+    from lbm.eval.runner import EvalConfig, run_evaluation
 
-    from lbm.sim import make_env
+    config = EvalConfig(tasks=",".join(args.seen + args.unseen), shifts=args.shifts, trials=args.trials,
+                        out=Path(args.eval_dir), workers=args.workers, seed=args.seed, features=True,
+                        action_samples=args.action_samples)
+    run_evaluation([f"pre={args.checkpoint}"], config)
 
-    rng = np.random.default_rng(seed)
-    feats, success, names = [], [], []
-    for task in tasks:
-        env = make_env(task, max_steps=max_steps)
-        for i in tqdm(range(n), desc=task, leave=False):
-            obs = env.reset(seed=i)
-            sigma = rng.uniform(0.0, 2.0)
-            states = []
-            for _ in range(max_steps):
-                a = np.clip(env.expert_action() + rng.normal(0, sigma, 4), -1, 1).astype(np.float32)
-                states.append(obs.state)
-                r = env.step(a)
-                obs = r.observation
-                if r.done:
-                    break
-            feats.append(np.array(states, np.float32))
-            success.append(bool(r.success))
-            names.append(task)
-        env.close()
-    return feats, success, names
+
+def load(folder: Path):
+    """Per trial: features (T, D), action variance (T,) or None, success, task."""
+    from lbm.eval.stats import load_records
+    from lbm.safety.monitor import action_var_path, features_path
+
+    rows = []
+    if (folder / "records.parquet").exists():
+        df = load_records(folder / "records.parquet", require_pairing=False)
+    else:  # an evaluation still running: analyse the trials finished so far
+        import pandas as pd
+
+        df = pd.read_json(folder / "records.journal.jsonl", lines=True)
+        print(f"PARTIAL: {len(df)} finished trials from the journal of a running evaluation")
+    for r in df.itertuples(index=False):
+        p = features_path(folder, r.policy, r.task, r.shift, r.trial)
+        if not p.exists():
+            continue
+        v = action_var_path(p)
+        rows.append((np.load(p), np.load(v) if v.exists() else None, bool(r.success), str(r.task), str(r.shift)))
+    if not rows:
+        raise SystemExit(f"no stored features in {folder}: run without --skip-eval first")
+    return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="flow/diffusion checkpoint folder")
+    ap.add_argument("--eval-dir", default="/tmp/fd/ev", help="evaluation folder (created or resumed)")
+    ap.add_argument("--seen", default=",".join(SEEN))
+    ap.add_argument("--unseen", default=",".join(UNSEEN))
+    ap.add_argument("--shifts", default="none,object_pose:medium")
+    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--action-samples", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="eval seed; also calibration split and detector seed")
     ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--calibration-fraction", type=float, default=0.7,
+                    help="share of seen successes held out for the band (it needs >= 9 in its own calibration half at alpha=0.1)")
+    ap.add_argument("--skip-eval", action="store_true", help="only analyse an existing --eval-dir")
     ap.add_argument("--out", default="benchmarks/safety_detector.json")
     args = ap.parse_args()
+    args.seen, args.unseen = args.seen.split(","), args.unseen.split(",")
     import torch
 
-    from lbm.safety.failure import (ConformalBand, DetectorConfig, KNNDetector, MahalanobisDetector, MLPDetector,
-                                    TimeoutDetector, cut_to_shortest_success, evaluate_detector)
+    from lbm.safety.failure import (ActionVarianceDetector, ConformalBand, DetectorConfig, KNNDetector, LSTMDetector,
+                                    MahalanobisDetector, MLPDetector, TimeoutDetector, cut_to_shortest_success,
+                                    evaluate_detector)
 
     torch.set_num_threads(1)
-    n, max_steps = (12, 120) if args.quick else (40, 150)
-    t0 = time.perf_counter()
-    tr_f, tr_s, tr_t = rollouts(SEEN, n, max_steps, 0)
-    te_f, te_s, te_t = rollouts(UNSEEN, n, max_steps, 1)
-    figures: dict = {"rollouts_seen": len(tr_f), "rollouts_unseen": len(te_f), "success_rate_seen": float(np.mean(tr_s)),
-                     "success_rate_unseen": float(np.mean(te_s)), "rollout_s": time.perf_counter() - t0,
-                     "alpha": args.alpha, "features": "simulator state (39-D), noisy scripted expert"}
-    tr_f = cut_to_shortest_success(tr_f, tr_s, tr_t)
-    te_f = cut_to_shortest_success(te_f, te_s, te_t)
-    rng = np.random.default_rng(0)
+    if not args.skip_eval:
+        run_eval(args)
+    rows = load(Path(args.eval_dir))
+    seen = [r for r in rows if r[3] in args.seen]
+    unseen = [r for r in rows if r[3] in args.unseen]
+    has_var = all(r[1] is not None and len(r[1]) == len(r[0]) for r in rows)
+
+    def cut(part):
+        feats = cut_to_shortest_success([r[0] for r in part], [r[2] for r in part], [r[3] for r in part])
+        var = [r[1][: len(f)] if has_var else None for r, f in zip(part, feats)]
+        return feats, var, [r[2] for r in part]
+
+    tr_f, tr_v, tr_s = cut(seen)
+    te_f, te_v, te_s = cut(unseen)
+    rng = np.random.default_rng(args.seed)
     ok = [i for i, s in enumerate(tr_s) if s]
-    calib = set(rng.permutation(ok)[: len(ok) // 2].tolist())
-    train = [i for i in range(len(tr_f)) if i not in calib]
-    detectors = {"safe-mlp": MLPDetector(DetectorConfig(epochs=40 if args.quick else 80)),
-                 "mahalanobis": MahalanobisDetector(), "knn": KNNDetector(), "timeout": TimeoutDetector()}
+    calib = sorted(rng.permutation(ok)[: int(round(args.calibration_fraction * len(ok)))].tolist())
+    train = [i for i in range(len(tr_f)) if i not in set(calib)]
+    figures: dict = {
+        "checkpoint": args.checkpoint, "eval_dir": args.eval_dir, "alpha": args.alpha, "seed": args.seed,
+        "seen_tasks": args.seen, "unseen_tasks": args.unseen, "shifts": args.shifts, "trials": args.trials,
+        "action_samples": args.action_samples, "feature_dim": int(tr_f[0].shape[1]),
+        "seen": {"rollouts": len(tr_f), "successes": int(sum(tr_s)), "train": len(train), "calibration": len(calib)},
+        "unseen": {"rollouts": len(te_f), "successes": int(sum(te_s))},
+        "unseen_cut_length_mean": float(np.mean([len(f) for f in te_f])),
+        "detectors": {},
+    }
+    cfg = DetectorConfig(epochs=args.epochs, seed=args.seed)
+    detectors = {"SAFE-MLP": MLPDetector(cfg), "SAFE-LSTM": LSTMDetector(cfg), "Mahalanobis": MahalanobisDetector(),
+                 "k-NN (k=5)": KNNDetector(), "timeout": TimeoutDetector()}
+    if has_var:
+        detectors[f"action variance (K={args.action_samples})"] = ActionVarianceDetector()
     for name, det in detectors.items():
-        det.fit([tr_f[i] for i in train], [tr_s[i] for i in train])
-        band = ConformalBand.fit([det.score(tr_f[i]) for i in sorted(calib)], alpha=args.alpha)
-        result = evaluate_detector([det.score(f) for f in te_f], te_s, band)
-        x = te_f[0][:1]
+        inputs_tr, inputs_te = (tr_v, te_v) if isinstance(det, ActionVarianceDetector) else (tr_f, te_f)
         t = time.perf_counter()
-        for _ in range(200):
+        det.fit([inputs_tr[i] for i in train], [tr_s[i] for i in train])
+        fit_s = time.perf_counter() - t
+        band = ConformalBand.fit([det.score(inputs_tr[i]) for i in calib], alpha=args.alpha, seed=args.seed)
+        result = evaluate_detector([det.score(x) for x in inputs_te], te_s, band)
+        seen_res = evaluate_detector([det.score(inputs_tr[i]) for i in calib], [True] * len(calib), band)
+        x = inputs_te[0][:1]
+        t = time.perf_counter()
+        for _ in range(100):
             det.score(x)
-        result["latency_ms_per_step"] = 1000 * (time.perf_counter() - t) / 200
-        figures[name] = result
+        result.update(latency_ms_per_step=1000 * (time.perf_counter() - t) / 100, fit_s=fit_s, band_q=band.q,
+                      n_calibration=band.n_calibration, calib_false_alarm_in_sample=seen_res["false_alarm_rate"])
+        figures["detectors"][name] = result
 
-    from lbm.safety.twin import TwinCheck
-    from lbm.sim import make_env
-
-    for task in ("reach-v3", "pick-place-v3"):
-        env = make_env(task)
-        env.reset(seed=0)
-        twin = TwinCheck(env)
-        chunk = np.random.default_rng(0).uniform(-1, 1, (16, 4)).astype(np.float32)
-        twin.check(chunk)
-        t = time.perf_counter()
-        reps = 10 if args.quick else 40
-        for _ in range(reps):
-            twin.check(chunk)
-        figures[f"twin_ms_per_16_step_chunk_{task}"] = 1000 * (time.perf_counter() - t) / reps
-        env.close()
-
-    for k, v in figures.items():
-        if isinstance(v, dict):
-            print(f"{k:12s} " + "  ".join(f"{kk}={vv:.3f}" if isinstance(vv, float) else f"{kk}={vv}" for kk, vv in v.items()))
-        else:
-            print(f"{k:40s} {v:.4f}" if isinstance(v, float) else f"{k:40s} {v}")
+    s, u = figures["seen"], figures["unseen"]
+    print(f"seen: {s['rollouts']} rollouts ({s['successes']} successes; {s['train']} train, {s['calibration']} calibration "
+          f"successes); unseen: {u['rollouts']} rollouts ({u['successes']} successes); alpha={args.alpha}; "
+          f"features {figures['feature_dim']}-D")
+    print("| detector | ROC-AUC (max-so-far) | false alarms at alpha (95% CP) | detection rate (95% CP) | "
+          "lead time, median (mean) steps | ms/step |")
+    print("|---|---|---|---|---|---|")
+    for name, r in figures["detectors"].items():
+        print(f"| {name} | {r['roc_auc']:.3f} | {r['false_alarm_rate']:.3f} [{r['false_alarm_low']:.3f}, "
+              f"{r['false_alarm_high']:.3f}] | {r['detection_rate']:.3f} [{r['detection_low']:.3f}, "
+              f"{r['detection_high']:.3f}] | {r['lead_time_median_steps']:.0f} ({r['lead_time_steps']:.1f}) | "
+              f"{r['latency_ms_per_step']:.3f} |")
     with open(args.out, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"wrote {args.out}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lbm.errors import LbmError
+from lbm.schema import Observation
 from lbm.safety.failure import (
     ConformalBand,
     KNNDetector,
@@ -112,3 +113,96 @@ def test_detectors_generalize_to_unseen_tasks_with_calibrated_alarms(make, min_a
 def test_learned_detector_needs_both_outcomes():
     with pytest.raises(LbmError, match="both successful and failed"):
         MLPDetector().fit([np.zeros((3, 2))] * 4, [True] * 4)
+
+
+# ---- action-sample variance and the policy's last-layer features ----------------------------------
+
+
+def test_action_variance_detector_accumulates_and_validates():
+    from lbm.safety.failure import ActionVarianceDetector
+
+    det = ActionVarianceDetector().fit(None, None)
+    np.testing.assert_allclose(det.score(np.array([0.1, 0.2, 0.3])), [0.1, 0.3, 0.6])
+    np.testing.assert_allclose(det.score(np.array([[1.0], [2.0]])), [1.0, 3.0])
+    with pytest.raises(LbmError, match="finite"):
+        det.score(np.array([0.1, np.nan]))
+    rng = np.random.default_rng(0)  # failures: a more uncertain policy -> separable after accumulation
+    var = [rng.gamma(2.0, 0.01 if i % 2 == 0 else 0.02, 40) for i in range(60)]
+    success = [i % 2 == 0 for i in range(60)]
+    band = ConformalBand.fit([det.score(v) for v, ok in zip(var, success) if ok], alpha=0.2)
+    result = evaluate_detector([det.score(v) for v in var], success, band)
+    assert result["roc_auc"] > 0.9 and result["detection_rate"] > result["false_alarm_rate"]
+
+
+def _tiny_policy(family="flow"):
+    import torch
+
+    from lbm.policies import InstructionCache, build_policy, policy_config
+    from lbm.schema import ACTION, STATE
+    from lbm.sim import METAWORLD_EMBODIMENT as E, get_task
+
+    torch.manual_seed(0)
+    stats = {E.name: {STATE: {"mean": np.zeros(E.state_dim), "std": np.ones(E.state_dim)},
+                      ACTION: {"mean": np.zeros(E.action_dim), "std": np.full(E.action_dim, 0.5),
+                               "min": -np.ones(E.action_dim), "max": np.ones(E.action_dim),
+                               "q01": -np.ones(E.action_dim), "q99": np.ones(E.action_dim)}}}
+    rng = np.random.default_rng(0)
+    text = get_task("reach-v3").instruction
+    cache = InstructionCache({text: rng.normal(size=384).astype(np.float32)}, use_user_cache=False)
+    policy = build_policy(policy_config(family, "tiny"), [E], stats, cache)
+    with torch.no_grad():  # an untrained head predicts 0 velocity: give it weights so samples depend on noise
+        for n, p in policy.named_parameters():
+            if "action_out" in n:
+                p.normal_(0, 0.2)
+    obs = [Observation(rng.normal(size=E.state_dim).astype(np.float32), {}, text, E.name) for _ in range(3)]
+    return policy, obs
+
+
+def test_last_layer_features_are_the_expert_output_and_action_samples_leave_actions_unchanged():
+    import torch
+
+    from lbm.safety.failure import FeatureRecorder
+
+    plain, obs = _tiny_policy()
+    torch.manual_seed(7)
+    expected = plain.predict_chunk(obs)
+    assert plain.last_features is None  # the hook is off by default
+
+    policy, _ = _tiny_policy()
+    outputs = []
+    policy.expert.register_forward_hook(lambda m, a, out: outputs.append(out))
+    rec = FeatureRecorder.attach(policy, action_samples=4)
+    assert FeatureRecorder.attach(policy, action_samples=4) is rec
+    torch.manual_seed(7)
+    actions = policy.predict_chunk(obs)
+    # The extra draws run under a forked RNG: executed actions are exactly those without them.
+    np.testing.assert_array_equal(actions, expected)
+    # Features: the expert's final output at the last denoising pass of the executed chunk, pooled
+    # over the tokens after the conditioning tokens (C = history states + language + embodiment).
+    # (An inference fast path may bypass forward hooks; it must then set the same features itself.)
+    C = policy.config.history + 2
+    if outputs:
+        last_main = outputs[policy.config.flow_steps - 1]  # main call first, then the K extra draws
+        np.testing.assert_allclose(rec.last, last_main[:, C:].mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(rec.last)) and not np.allclose(rec.last[0], rec.last[1])  # depends on the observation
+    assert rec.last.shape == (3, policy.config.d_model)
+    assert rec.last_action_var.shape == (3,) and np.all(rec.last_action_var > 0)
+    with pytest.raises(LbmError, match="action_samples=4"):
+        FeatureRecorder.attach(policy, action_samples=2)
+
+
+def test_feature_recorder_refuses_what_it_cannot_do():
+    from lbm.safety.failure import FeatureRecorder
+
+    with pytest.raises(LbmError, match="ChunkPolicy"):
+        FeatureRecorder(object())
+    policy, _ = _tiny_policy()
+    with pytest.raises(LbmError, match="at least 2"):
+        FeatureRecorder(policy, action_samples=1)
+    discrete, _ = _tiny_policy("discrete")
+    with pytest.raises(LbmError, match="generative"):
+        FeatureRecorder(discrete, action_samples=4)
+    from lbm.eval.commands import evaluate
+
+    with pytest.raises(LbmError, match="--features"):
+        evaluate(policy=["x=expert"], action_samples=4)

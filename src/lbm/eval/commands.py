@@ -31,6 +31,7 @@ def evaluate(
     shield: bool = False,
     monitor: Path | None = None,
     features: bool = False,
+    action_samples: int = 0,
 ) -> int:
     """Blind, paired, randomized closed-loop evaluation of policies on simulation tasks.
 
@@ -64,12 +65,17 @@ def evaluate(
         shield: Pass every action through the embodiment's action shield (bounds, workspace, rate limits; NaN -> hold) and print interventions and violations per 1000 steps.
         monitor: Failure-monitor folder (lbm.safety.monitor): record each trial's first alert step (column alert_step; -1 = none). Needs checkpoint policies.
         features: Store per-step policy features under OUT/features to train a failure monitor. Needs checkpoint policies.
+        action_samples: With --features: also store per step the variance of this many extra action chunks sampled for the same observation (flow/diffusion policies; the failure-detector baseline). Outcomes are unchanged.
     """
     from rich.console import Console
     from rich.table import Table
 
     from lbm.eval.runner import EvalConfig, run_evaluation
 
+    if action_samples and not features:
+        from lbm.errors import LbmError
+
+        raise LbmError("--action-samples stores the variance beside the features: add --features.")
     if monitor is not None:  # a wrong path fails now, not inside every trial
         from lbm.safety.monitor import FailureMonitor
 
@@ -93,6 +99,7 @@ def evaluate(
         shield=shield,
         monitor=monitor,
         features=features,
+        action_samples=action_samples,
     )
     summary = run_evaluation(policy, config)
     console = Console()

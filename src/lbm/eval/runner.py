@@ -92,6 +92,8 @@ class EvalConfig:
     """Failure-monitor folder (lbm.safety.monitor); records the step of its first alert per trial."""
     features: bool = False
     """Store per-step policy features under OUT/features (to train a failure monitor)."""
+    action_samples: int = 0
+    """With features: also store the variance of this many extra action chunks per chunk (flow/diffusion; 0: off)."""
 
     def settings(self, specs: Sequence[PolicySpec], task_names: list[str], shift_list: list[str]) -> dict:
         """What defines the results (hashed for resume); operational knobs such as workers are excluded."""
@@ -288,7 +290,7 @@ def run_wave(
             if config.monitor or config.features:  # per-chunk features for the failure monitor
                 from lbm.safety.failure import FeatureRecorder
 
-                FeatureRecorder.attach(policy)
+                FeatureRecorder.attach(policy, config.action_samples if config.features else 0)
             if hasattr(policy, "bind_envs"):  # privileged pseudo-policies (expert) read the true state
                 policy.bind_envs([s.env for s in group])
         except Exception as e:
@@ -339,7 +341,8 @@ def run_wave(
                 s.queue.extend(raw if config.shield else s.env.embodiment.clip_actions(raw))
                 recorder = getattr(policy, "_lbm_feature_recorder", None)
                 if recorder is not None and recorder.last is not None and s.safety is not None:
-                    s.safety.set_feature(recorder.last[i])
+                    av = recorder.last_action_var
+                    s.safety.set_feature(recorder.last[i], None if av is None else av[i])
                 s.latencies.append(latency_ms)
         for s in slots:
             if not s.active or not s.queue:

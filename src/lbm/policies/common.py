@@ -332,11 +332,31 @@ class ChunkPolicy(nn.Module):
         loss, metrics = self._loss(p, self.encode(p))
         return loss, {"loss": float(loss.detach()), **metrics}
 
+    keep_features: bool = False
+    """When True, :meth:`sample_actions` sets :attr:`last_features` (off by default: no cost)."""
+    last_features: torch.Tensor | None = None
+    """(B, D) last-layer features of the latest :meth:`sample_actions` call (with ``keep_features``):
+    the action expert's final (normed) hidden states at its last forward pass (the last denoising
+    step for flow/diffusion, the last decoding step for discrete), averaged over the tokens after the
+    conditioning tokens (the action tokens; for flow/diffusion also the noise-level token)."""
+
     @torch.no_grad()
     def sample_actions(self, batch: dict[str, Any]) -> torch.Tensor:
         """Normalized action chunks (B, T, Amax) for a collated observation batch."""
         p = self.prepare(batch)
-        return self._sample(p, self.encode(p))
+        cond = self.encode(p)
+        if not self.keep_features:
+            return self._sample(p, cond)
+        C = cond.shape[1]
+
+        def keep(module, args, out):  # every expert pass overwrites: the last one (final step) remains
+            self.last_features = out[:, C:].float().mean(1)
+
+        handle = self.expert.register_forward_hook(keep)
+        try:
+            return self._sample(p, cond)
+        finally:
+            handle.remove()
 
     def unnormalize(self, actions: torch.Tensor, embodiment: torch.Tensor) -> torch.Tensor:
         """(B, T, Amax) normalized -> raw units."""

@@ -10,7 +10,8 @@ Inputs are per-rollout sequences of policy features ``(T_i, D)`` with a success 
 - Detectors producing a failure score per step ``(T,)``: :class:`MLPDetector` (SAFE-MLP: a per-step
   MLP whose sigmoid outputs are accumulated over steps), :class:`LSTMDetector` (SAFE-LSTM),
   and baselines :class:`MahalanobisDetector`, :class:`KNNDetector` (distance to successful
-  training features) and :class:`TimeoutDetector` (the step index).
+  training features), :class:`TimeoutDetector` (the step index) and :class:`ActionVarianceDetector`
+  (accumulated variance of K action chunks sampled for the same observation; flow/diffusion).
 - :class:`ConformalBand` — a time-varying alert threshold by split conformal prediction on
   successful rollouts: per-step centre and scale from one half, the finite-sample-corrected
   ``ceil((n + 1)(1 - alpha))``-th order statistic of the normalized max-over-time scores of the
@@ -18,8 +19,9 @@ Inputs are per-rollout sequences of policy features ``(T_i, D)`` with a success 
 - :func:`evaluate_detector` — ROC-AUC of the max-so-far score, false-alarm rate at alpha with a
   Clopper-Pearson interval, detection rate, and detection lead time.
 
-Policy features come from :class:`FeatureRecorder`, which records the pooled conditioning tokens
-(the input of the action expert) of a :class:`lbm.policies.common.ChunkPolicy` at every chunk.
+Policy features come from :class:`FeatureRecorder`, which records the policy's last-layer features
+(``ChunkPolicy.last_features``: the action expert's final hidden states at the last denoising step,
+pooled over the action tokens) at every chunk, and optionally the action-sample variance.
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ class TimeoutDetector:
     def score(self, seq: np.ndarray) -> np.ndarray:
         """``(T,)`` scores."""
         return np.arange(1, len(seq) + 1, dtype=np.float64)
+
+
+class ActionVarianceDetector:
+    """Baseline for generative policies: accumulated action-sample variance.
+
+    Input per step is the variance across K action chunks sampled for the same observation (column
+    0 of a ``(T, 1)`` array or a ``(T,)`` array; :class:`FeatureRecorder` with ``action_samples``);
+    the score is its running sum, accumulated like the SAFE-MLP score (uncertain policies fail more).
+    """
+
+    def fit(self, features, success) -> ActionVarianceDetector:
+        return self
+
+    def score(self, seq: np.ndarray) -> np.ndarray:
+        """``(T,)`` running sum of the per-step action-sample variance."""
+        x = np.asarray(seq, np.float64)
+        if x.ndim == 2:
+            x = x[:, 0]
+        if x.ndim != 1 or not np.all(np.isfinite(x)):
+            raise LbmError(f"Action-variance scores need a finite (T,) or (T, 1) sequence; got shape {np.shape(seq)}.")
+        return np.cumsum(x)
 
 
 class MahalanobisDetector:
@@ -312,7 +335,7 @@ def evaluate_detector(scores: Sequence[np.ndarray], success: Sequence[bool], ban
                       confidence: float = 0.95) -> dict:
     """Figures of a detector on held-out rollouts (already length-cut): see module doc.
 
-    ``lead_time_steps``: mean over detected failures of the steps between the alarm and the end of
+    ``lead_time_steps`` (``lead_time_median_steps``): mean (median) over detected failures of the steps between the alarm and the end of
     the (cut) rollout — how long before the point where a success would already have finished.
     """
     from lbm.eval.stats import proportion_interval
@@ -334,6 +357,7 @@ def evaluate_detector(scores: Sequence[np.ndarray], success: Sequence[bool], ban
         out.update(detection_rate=det / (~success).sum(), detection_low=float(lo), detection_high=float(hi))
         leads = [len(s) - a for s, a, ok in zip(scores, alarms, success) if not ok and a is not None]
         out["lead_time_steps"] = float(np.mean(leads)) if leads else float("nan")
+        out["lead_time_median_steps"] = float(np.median(leads)) if leads else float("nan")
     return out
 
 
@@ -341,30 +365,86 @@ def evaluate_detector(scores: Sequence[np.ndarray], success: Sequence[bool], ban
 
 
 class FeatureRecorder:
-    """Records per-chunk policy features ``(B, D)`` of a :class:`~lbm.policies.common.ChunkPolicy`.
+    """Records per-chunk last-layer features ``(B, D)`` of a :class:`~lbm.policies.common.ChunkPolicy`.
 
-    Wraps the policy's ``encode`` (its conditioning stack, whose output the action expert reads)
-    on this instance only, and keeps the token mean of every call in ``last``. No policy file
-    changes; the features are the action expert's input rather than its last layer.
+    Turns on the policy's public hook (``keep_features``; ``last_features``: the action expert's
+    final hidden states at its last denoising/decoding pass, averaged over the tokens after the
+    conditioning tokens) and exposes them as numpy in :attr:`last`.
+
+    With ``action_samples=K`` (flow/diffusion only) every ``sample_actions`` call also draws K more
+    chunks for the same observations with fresh noise and keeps their variance in
+    :attr:`last_action_var` ``(B,)`` (normalized action units, mean over steps and valid action
+    dims): the action-sample-variance baseline. The extra draws run under a forked RNG, so the
+    executed actions, and hence every rollout outcome, are the same as without them.
     """
 
-    def __init__(self, policy) -> None:
-        if not hasattr(policy, "encode"):
-            raise LbmError(f"{type(policy).__name__} has no encode(); feature recording needs an lbm ChunkPolicy.")
+    def __init__(self, policy, action_samples: int = 0) -> None:
+        if not (hasattr(policy, "sample_actions") and hasattr(policy, "expert") and hasattr(policy, "keep_features")):
+            raise LbmError(f"{type(policy).__name__} has no last-layer feature hook; feature recording needs an lbm "
+                           "ChunkPolicy (a checkpoint policy).")
+        if action_samples < 0 or (action_samples and action_samples < 2):
+            raise LbmError(f"action_samples must be 0 (off) or at least 2 to have a variance; got {action_samples}.")
+        if action_samples and getattr(policy, "family", "") not in ("flow", "diffusion"):
+            raise LbmError(f"Action-sample variance needs a generative (flow/diffusion) policy; this one is "
+                           f"{getattr(policy, 'family', type(policy).__name__)!r}, whose sampling is deterministic.")
         self.policy = policy
-        self.last: np.ndarray | None = None
-        inner = policy.encode
+        self.action_samples = action_samples
+        self.last_action_var: np.ndarray | None = None
+        policy.keep_features = True
+        if action_samples:
+            inner = policy.sample_actions
 
-        def encode(p):
-            cond = inner(p)
-            self.last = cond.detach().float().mean(1).cpu().numpy()
-            return cond
+            def sample_actions(batch):
+                actions = inner(batch)
+                kept = policy.last_features
+                self.last_action_var = _action_sample_variance(policy, inner, batch, action_samples)
+                policy.last_features = kept  # the features of the executed chunk, not of the extra draws
+                return actions
 
-        policy.encode = encode
+            policy.sample_actions = sample_actions
         policy._lbm_feature_recorder = self
 
+    @property
+    def last(self) -> np.ndarray | None:
+        """``(B, D)`` float32 features of the latest chunk call (None before the first)."""
+        f = self.policy.last_features
+        return None if f is None else f.detach().float().cpu().numpy()
+
     @classmethod
-    def attach(cls, policy) -> FeatureRecorder:
-        """The policy's recorder, created on first use (never wraps ``encode`` twice)."""
+    def attach(cls, policy, action_samples: int = 0) -> FeatureRecorder:
+        """The policy's recorder, created on first use (never wraps the policy twice)."""
         existing = getattr(policy, "_lbm_feature_recorder", None)
-        return existing if existing is not None else cls(policy)
+        if existing is not None:
+            if existing.action_samples != action_samples:
+                raise LbmError(f"This policy already records features with action_samples={existing.action_samples}, "
+                               f"not {action_samples}; load it again to change.")
+            return existing
+        return cls(policy, action_samples)
+
+
+def _repeat_batch(batch: dict, k: int) -> dict:
+    import torch
+
+    out = {}
+    for key, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[key] = v.repeat_interleave(k, 0)
+        elif isinstance(v, (list, tuple)):
+            out[key] = [x for x in v for _ in range(k)]
+        else:
+            out[key] = v
+    return out
+
+
+def _action_sample_variance(policy, sample, batch: dict, k: int) -> np.ndarray:
+    """``(B,)`` variance across ``k`` chunks sampled for each observation (normalized units)."""
+    import torch
+
+    dev = policy.action_mask.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))  # fresh noise, main stream untouched
+        a = sample(_repeat_batch(batch, k)).float()  # (B*k, T, Amax)
+    a = a.view(-1, k, *a.shape[1:])
+    mask = policy.action_mask[policy._embodiment_index(batch["embodiment"])][:, None]  # (B, 1, Amax)
+    var = a.var(1, unbiased=True)  # (B, T, Amax)
+    return ((var * mask).sum((1, 2)) / (mask.sum((1, 2)) * var.shape[1])).cpu().numpy().astype(np.float64)

@@ -10,7 +10,9 @@ Workflow::
     lbm eval --policy mine=CKPT --tasks <unseen> --monitor runs/monitor --out runs/ev_test  # alert_step per trial
 
 Features are stored per trial as ``OUT/features/{policy_id}_{task}_{shift}_{trial:04d}.npy``
-(float32 ``(steps, D)``, the feature of the chunk each executed step came from).
+(float32 ``(steps, D)``, the last-layer feature of the chunk each executed step came from); with
+``--action-samples K`` also ``...{trial:04d}.action_var.npy`` (float32 ``(steps,)``, the variance
+of K extra action chunks sampled for that chunk's observation).
 """
 
 from __future__ import annotations
@@ -32,6 +34,32 @@ def features_path(out: Path, policy: str, task: str, shift: str, trial: int) -> 
     """Where one trial's per-step features live inside an evaluation folder."""
     safe_shift = shift.replace(":", "-").replace("+", "_")
     return Path(out) / FEATURES_DIR / f"{policy}_{task}_{safe_shift}_{int(trial):04d}.npy"
+
+
+def action_var_path(features_file: Path) -> Path:
+    """The companion file of a trial's features that holds its per-step action-sample variance."""
+    return Path(features_file).with_suffix(".action_var.npy")
+
+
+def read_action_vars(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
+    """Per-step action-sample variance ``(T,)``, success and task of every trial that has it."""
+    from lbm.eval.stats import load_records
+
+    vars_, success, tasks = [], [], []
+    for folder in folders:
+        df = load_records(Path(folder) / "records.parquet", require_pairing=False)
+        for r in df.itertuples(index=False):
+            p = action_var_path(features_path(Path(folder), r.policy, r.task, r.shift, r.trial))
+            if p.exists():
+                v = np.load(p)
+                if len(v):
+                    vars_.append(v)
+                    success.append(bool(r.success))
+                    tasks.append(str(r.task))
+    if not vars_:
+        raise LbmError(f"No stored action-sample variances in {[str(f) for f in folders]}. Run `lbm eval ... "
+                       "--features --action-samples K` with a flow or diffusion checkpoint first.")
+    return vars_, success, tasks
 
 
 class FailureMonitor:

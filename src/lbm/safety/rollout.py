@@ -22,7 +22,7 @@ alert_step             int    (with ``--monitor``) first step the failure monito
 
 With ``--features`` (or ``--monitor``) the runner also hands over the policy feature of every
 chunk (:meth:`SlotSafety.set_feature`); ``--features`` stores them per trial (see
-:mod:`lbm.safety.monitor`). The monitor only records alerts; it does not stop the rollout, so that
+:mod:`lbm.safety.monitor`), with ``--action-samples K`` also the per-step action-sample variance. The monitor only records alerts; it does not stop the rollout, so that
 success with and without monitoring stays comparable.
 """
 
@@ -51,6 +51,8 @@ class SlotSafety:
         self.keep_features = monitor is not None or features_file is not None
         self.feature: np.ndarray | None = None  # feature of the chunk being executed
         self.features: list[np.ndarray] = []
+        self.action_var: float | None = None  # action-sample variance of that chunk (if recorded)
+        self.action_vars: list[float] = []
         self.shield = ActionShield(config, keep_log=False) if shield else None
         self._audit = ActionShield(config, keep_log=False)  # only its pure violations() is used
         self.violations = 0
@@ -68,11 +70,14 @@ class SlotSafety:
         self.violations += broke
         if self.keep_features and self.feature is not None:
             self.features.append(self.feature)
+            if self.action_var is not None:
+                self.action_vars.append(self.action_var)
         return executed
 
-    def set_feature(self, feature: np.ndarray) -> None:
-        """The policy feature ``(D,)`` of the chunk whose actions come next."""
+    def set_feature(self, feature: np.ndarray, action_var: float | None = None) -> None:
+        """The policy feature ``(D,)`` of the chunk whose actions come next (and its action-sample variance)."""
         self.feature = np.asarray(feature, np.float32)
+        self.action_var = None if action_var is None else float(action_var)
 
     def alert_step(self) -> int | None:
         """First step at which the failure monitor alarmed (0-based), None if it never did or is off."""
@@ -90,6 +95,10 @@ class SlotSafety:
         if self.features_file is not None and self.features:
             self.features_file.parent.mkdir(parents=True, exist_ok=True)
             np.save(self.features_file, np.stack(self.features))
+            if len(self.action_vars) == len(self.features):
+                from lbm.safety.monitor import action_var_path
+
+                np.save(action_var_path(self.features_file), np.asarray(self.action_vars, np.float32))
         return {
             **extra,
             "shield": self.shield is not None,
