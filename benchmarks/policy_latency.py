@@ -1,9 +1,14 @@
-"""Per-chunk inference latency of every policy family (batch 1 and 16), torch.compile off/on, peak memory.
+"""Per-chunk inference latency of every policy family (batch 1 and 16): reference vs fast sampling path.
 
-    python benchmarks/policy_latency.py --out latency.json [--quick] [--size small] [--compile]
+    python benchmarks/policy_latency.py --out latency.json [--quick] [--size small] [--threads 1 2] [--compile]
 
 State observations (Meta-World sawyer: 39-D state, 4-D actions); random weights have the same cost
-as trained ones. Prints a table and writes the figures as JSON.
+as trained ones. The CPU may be shared with other jobs, so every variant (reference sampling loop =
+the pre-optimization code kept as ``_sample_reference``, fast path = ``_sample``; each at every
+thread count) is timed *interleaved* in one loop, the order rotating every repeat, and the medians are
+reported with their ratio to the reference at the same thread count. Both paths run through the
+same ``predict_chunk`` (observation history, normalization, clipping). The 1-min load average at the
+start and end of the run is written with the figures. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -24,17 +29,28 @@ STATS = {EMB.name: {"observation.state": {"mean": np.zeros(39), "std": np.ones(3
                     "action": {"q01": -np.ones(4), "q99": np.ones(4), "mean": np.zeros(4), "std": np.ones(4)}}}
 
 
-def measure(policy, batch: int, repeats: int, cameras=()) -> float:
+def _load() -> float:
+    return float(open("/proc/loadavg").read().split()[0])
+
+
+def measure(policy, batch: int, repeats: int, threads: list[int], cameras=()) -> dict[str, float]:
+    """Median ms per ``predict_chunk`` for ``{path}_t{threads}``, all variants interleaved."""
     images = {c: np.zeros((96, 96, 3), np.uint8) for c in cameras}
     obs = [Observation(np.zeros(39, np.float32), images, "reach the goal", EMB.name) for _ in range(batch)]
-    for _ in range(2):
-        policy.predict_chunk(obs)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        policy.predict_chunk(obs)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    fast, ref = policy._sample, policy._sample_reference
+    variants = [(path, fn, t) for t in threads for path, fn in (("ref", ref), ("fast", fast))]
+    times: dict[str, list[float]] = {f"{p}_t{t}": [] for p, _, t in variants}
+    for r in range(repeats + 2):
+        for j in range(len(variants)):
+            path, fn, t = variants[(r + j) % len(variants)]
+            torch.set_num_threads(t)
+            policy._sample = fn
+            start = time.perf_counter()
+            policy.predict_chunk(obs)
+            if r >= 2:  # two warm-up rounds
+                times[f"{path}_t{t}"].append(time.perf_counter() - start)
+    policy._sample = fast
+    return {k: float(np.median(v) * 1000) for k, v in times.items()}
 
 
 def main() -> None:
@@ -42,32 +58,43 @@ def main() -> None:
     ap.add_argument("--out", default="policy_latency.json")
     ap.add_argument("--quick", action="store_true", help="tiny size, few repeats")
     ap.add_argument("--size", default="small")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile: ~1 min each)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=31, help="interleaved rounds per batch size (discrete at b=16: a fifth)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the reference path (slow to compile: ~1 min each)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to compare")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    size, repeats = ("tiny", 3) if args.quick else (args.size, 15)
+    size, repeats = ("tiny", 3) if args.quick else (args.size, args.repeats)
     cache = InstructionCache({"reach the goal": np.ones(384, np.float32) / np.sqrt(384)}, use_user_cache=False)
+    load_start = _load()
     results = []
     for family in POLICIES:
         torch.manual_seed(0)
         policy = build_policy(policy_config(family, size), [EMB], STATS, cache).eval()
-        row = {"family": family, "size": size, "params": sum(p.numel() for p in policy.parameters())}
+        row: dict = {"family": family, "size": size, "params": sum(p.numel() for p in policy.parameters())}
         for b in (1, 16):
-            row[f"ms_b{b}"] = measure(policy, b, repeats if family != "discrete" or b == 1 else max(2, repeats // 5))
+            n = repeats if family != "discrete" or b == 1 else max(2, repeats // 5)
+            row[f"b{b}"] = {"repeats": n, "load_1min": _load(), **measure(policy, b, n, args.threads)}
         if args.compile:
+            torch.set_num_threads(max(args.threads))
             policy.expert = torch.compile(policy.expert, dynamic=True)
-            row["ms_b1_compiled"] = measure(policy, 1, repeats)
+            policy._sample = policy._sample_reference
+            row["ref_compiled_b1_ms"] = measure(policy, 1, repeats, [max(args.threads)])["ref_t%d" % max(args.threads)]
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         results.append(row)
         print(json.dumps(row))
-    print(f"\n{'family':10s} {'params':>9s} {'b=1 ms':>8s} {'b=16 ms':>8s}" + (f" {'compiled b=1':>12s}" if args.compile else ""))
+    print(f"\n{'family':10s} {'batch':>5s} {'threads':>7s} {'ref ms':>8s} {'fast ms':>8s} {'fast/ref':>8s}")
     for r in results:
-        print(f"{r['family']:10s} {r['params']:9d} {r['ms_b1']:8.1f} {r['ms_b16']:8.1f}" + (f" {r['ms_b1_compiled']:12.1f}" if args.compile else ""))
-    load = open("/proc/loadavg").read().split()[0]
+        for b in (1, 16):
+            for t in args.threads:
+                ref, fast = r[f"b{b}"][f"ref_t{t}"], r[f"b{b}"][f"fast_t{t}"]
+                print(f"{r['family']:10s} {b:5d} {t:7d} {ref:8.1f} {fast:8.1f} {fast / ref:8.2f}")
+        if args.compile:
+            print(f"{r['family']:10s} compiled reference b=1: {r['ref_compiled_b1_ms']:.1f} ms")
+    load_end = _load()
     with open(args.out, "w") as f:
-        json.dump({"threads": args.threads, "loadavg_1min": float(load), "results": results}, f, indent=1)
-    print(f"wrote {args.out} (1-min load average during the run: {load})")
+        json.dump({"threads": args.threads, "loadavg_1min_start": load_start, "loadavg_1min_end": load_end,
+                   "results": results}, f, indent=1)
+    print(f"wrote {args.out} (1-min load average: {load_start} at start, {load_end} at end; median of "
+          f"{repeats} interleaved rounds)")
 
 
 if __name__ == "__main__":

@@ -133,3 +133,97 @@ def test_discrete_tokens_round_trip(data, cache):
     a = torch.linspace(-1, 1, 16 * policy.A).view(1, 16, policy.A)
     back = policy.detokenize(policy.tokenize(a))
     assert float((back - a).abs().max()) <= 1 / policy.config.discrete_bins + 1e-6
+
+
+def _perturbed(family, data, cache, scale=0.03, **kw):
+    """A tiny policy with every parameter moved off its init (the zero-initialized output layer would
+    make any two sampling paths agree trivially)."""
+    policy = _policy(family, data, cache, **kw).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return policy
+
+
+def _both_paths(policy, obs):
+    out, feats = [], []
+    policy.keep_features = True  # the failure monitor's features must match too
+    for sample in (type(policy)._sample, type(policy)._sample_reference):
+        policy.reset()
+        policy._sample = sample.__get__(policy)
+        torch.manual_seed(3)
+        out.append(np.concatenate([policy.predict_chunk(obs), policy.predict_chunk(obs)]))  # history filled
+        feats.append(policy.last_features.numpy())
+    del policy._sample, policy.keep_features
+    np.testing.assert_allclose(feats[0], feats[1], atol=1e-5, rtol=0)
+    return out
+
+
+@pytest.mark.parametrize("history", [1, 2])
+@pytest.mark.parametrize("family", ["flow", "diffusion", "discrete", "discrete-parallel"])
+def test_fast_sampling_equals_reference(family, history, data, cache):
+    """The optimized sampling path (cached projections, key/value cache, trimmed last block) gives the
+    actions of the plain loop for the same noise, before and after the weights change."""
+    kw = {"discrete_decoding": "parallel"} if family == "discrete-parallel" else {}
+    # Discrete needs larger weights to pick varied bins; continuous families keep the end-to-end DDIM
+    # comparison away from its rounding amplification (see test_continuous_sampler_matches_head).
+    scale = 0.1 if family.startswith("discrete") else 0.03
+    policy = _perturbed(family.split("-")[0], data, cache, scale=scale, history=history, **kw)
+    e = data.embodiment
+    rng = np.random.default_rng(history)
+    obs = [Observation(rng.normal(size=e.state_dim), {}, INSTRUCTIONS[i % 2], e.name) for i in range(3)]
+    fast, ref = _both_paths(policy, obs)
+    assert np.unique(fast).size > 4, "constant outputs would make the comparison vacuous"
+    np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=0)
+    # The fast path caches transposed weights: a weight update must invalidate them.
+    with torch.no_grad():
+        for p in policy.expert.parameters():
+            p.mul_(1.5)
+    fast2, ref2 = _both_paths(policy, obs)
+    np.testing.assert_allclose(fast2, ref2, atol=1e-5, rtol=0)
+    assert np.abs(fast2 - fast).max() > 1e-3
+
+
+def test_expert_infer_matches_forward(data, cache):
+    expert = _perturbed("discrete", data, cache).expert
+    x = torch.randn(2, 9, expert.norm.normalized_shape[0])
+    with torch.no_grad():
+        full = expert(x)
+        torch.testing.assert_close(expert.infer(x, keep=4), full[:, 4:], atol=1e-5, rtol=0)
+        # Causal decoding with a key/value cache == the masked forward over the whole sequence.
+        mask = torch.ones(9, 9, dtype=torch.bool)
+        mask[:4, 4:] = False
+        mask[4:, 4:] = torch.tril(mask[4:, 4:])
+        masked = expert(x, mask)
+        kv = expert.new_cache(2, 9, x)
+        assert expert.infer(x[:, :4], keep=4, cache=kv) is None
+        rows = [expert.infer(x[:, i : i + 1], cache=kv) for i in range(4, 9)]
+        torch.testing.assert_close(torch.cat(rows, 1), masked[:, 4:], atol=1e-5, rtol=0)
+    expert.train()
+    with pytest.raises(LbmError, match="eval mode"):
+        expert.infer(x, cache=expert.new_cache(2, 9, x))
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_continuous_sampler_matches_head(family, data, cache):
+    """Every denoising step of the fast path == ContinuousHead.forward on the same input.
+
+    Checked per step because end-to-end DDIM amplifies float rounding: at the first step
+    alpha_bar = 2.4e-7, so an unclamped x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) scales a 1e-6 difference
+    in eps by ~2000 (the reference loop differs from itself that much across batch sizes there).
+    """
+    policy = _perturbed(family, data, cache, scale=0.1)
+    e = data.embodiment
+    batch = _batch(data, n=3)
+    with torch.no_grad():
+        p = policy.prepare(batch)
+        cond = policy.encode(p)
+        levels = torch.tensor([990.0, 500.0, 3.0])
+        predict = policy.head.sampler(policy, cond, levels, p["embodiment"])
+        for i, level in enumerate(levels):
+            x = torch.randn(3, 16, policy.A)
+            ref = policy.head(policy.expert, cond, x, torch.full((3,), float(level)), p["embodiment"])
+            torch.testing.assert_close(predict(x, i), ref, atol=1e-5, rtol=0)
+            assert ref.abs().max() > 0.1
+    assert e.action_dim <= policy.A

@@ -103,11 +103,95 @@ class Transformer(nn.Module):
         )
         self.norm = nn.LayerNorm(config.d_model)
 
+        self._fast: tuple | None = None  # (key, per-block inference weights), see _inference_weights
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B, N, D) -> (B, N, D); ``mask`` (N, N) bool, True = may attend."""
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
+
+    # ---- inference fast path: the same math as forward, fewer and cheaper ops ----------------------
+    # Sampling calls the expert 10-64 times per chunk on ~20 tokens, where per-op overhead and MKL's
+    # handling of transposed weights dominate (see benchmarks/policy_latency.py). These methods run
+    # the blocks with pre-transposed contiguous weights (addmm), skip the rows nobody reads in the
+    # last block, and keep a key/value cache for causal decoding. tests/test_policies.py checks them
+    # against forward.
+
+    def _inference_weights(self) -> list[tuple[torch.Tensor, ...]] | None:
+        """Per block ``(ln1 w, b, qkv W^T, b, proj W^T, b, ln2 w, b, fc1 W^T, b, fc2 W^T, b)``.
+
+        Rebuilt whenever a parameter changes (optimizer step, load_state_dict, .to()); None in
+        training mode or when a layer is not a plain Linear (e.g. an unmerged LoRA adapter), where
+        callers use :meth:`forward`.
+        """
+        if self.training:
+            return None
+        params = list(self.parameters())
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if self._fast is not None and self._fast[0] == key:
+            return self._fast[1]
+        layers = []
+        for b in self.blocks:
+            if not all(type(m) is nn.Linear for m in (b.qkv, b.proj, b.fc1, b.fc2)) or not all(
+                type(m) is nn.LayerNorm for m in (b.norm1, b.norm2)
+            ):
+                return None
+            with torch.no_grad():
+                layers.append(tuple(t.detach() if t.ndim == 1 else t.detach().t().contiguous() for t in (
+                    b.norm1.weight, b.norm1.bias, b.qkv.weight, b.qkv.bias, b.proj.weight, b.proj.bias,
+                    b.norm2.weight, b.norm2.bias, b.fc1.weight, b.fc1.bias, b.fc2.weight, b.fc2.bias)))
+        self._fast = (key, layers)
+        return layers
+
+    def infer(self, x: torch.Tensor, keep: int = 0, cache: dict | None = None) -> torch.Tensor | None:
+        """Eval-mode :meth:`forward` (no mask) returning only rows ``keep:`` (B, N - keep, D).
+
+        With ``cache`` (from :meth:`new_cache`) the rows of ``x`` are appended to the cached
+        keys/values and attend to everything cached so far: causal decoding where earlier tokens
+        never see later ones. Returns None when ``keep >= N`` (only the cache is filled).
+        """
+        W = self._inference_weights()
+        B, N, D = x.shape
+        if W is None:
+            if cache is not None:
+                raise LbmError("Transformer.infer with a key/value cache needs eval mode and plain Linear layers (merge LoRA adapters first).")
+            return self.forward(x)[:, keep:]
+        heads = self.blocks[0].heads
+        n0 = cache["n"] if cache is not None else 0
+        out = None
+        for i, (n1w, n1b, qkvw, qkvb, pw, pb, n2w, n2b, f1w, f1b, f2w, f2b) in enumerate(W):
+            h = F.layer_norm(x, (D,), n1w, n1b).view(-1, D)
+            q, k, v = torch.addmm(qkvb, h, qkvw).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                cache["k"][i][:, :, n0 : n0 + N] = k
+                cache["v"][i][:, :, n0 : n0 + N] = v
+                k, v = cache["k"][i][:, :, : n0 + N], cache["v"][i][:, :, : n0 + N]
+            rows = N
+            if i == len(W) - 1 and keep:
+                if keep >= N:
+                    break
+                q, x, rows = q[:, :, keep:], x[:, keep:], N - keep
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, D)
+            x = x + torch.addmm(pb, a, pw).view(B, rows, D)
+            h = F.gelu(torch.addmm(f1b, F.layer_norm(x, (D,), n2w, n2b).view(-1, D), f1w))
+            x = x + torch.addmm(f2b, h, f2w).view(B, rows, D)
+        else:
+            out = F.layer_norm(x, (D,), self.norm.weight, self.norm.bias)
+        if cache is not None:
+            cache["n"] = n0 + N
+        return out
+
+    def new_cache(self, batch: int, capacity: int, like: torch.Tensor) -> dict:
+        """Empty key/value cache for :meth:`infer`: ``capacity`` tokens per row of ``batch``."""
+        heads = self.blocks[0].heads
+        D = like.shape[-1]
+        shape = (batch, heads, capacity, D // heads)
+        return {
+            "n": 0,
+            "k": [like.new_empty(shape) for _ in self.blocks],
+            "v": [like.new_empty(shape) for _ in self.blocks],
+        }
 
 
 class ConvEncoder(nn.Module):
@@ -377,7 +461,7 @@ class ChunkPolicy(nn.Module):
             for s in slots:
                 self._slots.pop(int(s), None)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_chunk(self, observations: Sequence[Observation]) -> np.ndarray:
         """Actions (B, T, action_dim) float32 in embodiment units, clipped to the bounds.
 

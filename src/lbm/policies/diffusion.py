@@ -43,15 +43,28 @@ class DiffusionPolicy(ChunkPolicy):
         return ((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1), {}
 
     def _sample(self, p, cond):
+        """DDIM through :meth:`ContinuousHead.sampler` (same math as :meth:`_sample_reference`)."""
+        return self._ddim(p, cond, fast=True)
+
+    def _sample_reference(self, p, cond):
+        """The plain DDIM loop (one full expert forward per step); the fast path must equal it."""
+        return self._ddim(p, cond, fast=False)
+
+    def _ddim(self, p, cond, fast):
         e = p["embodiment"]
         cfg = self.config
         B = cond.shape[0]
         x = torch.randn(B, cfg.horizon, self.A, device=cond.device)
         steps = torch.linspace(cfg.diffusion_train_steps - 1, 0, cfg.diffusion_sample_steps).round().long().tolist()
+        if fast:
+            predict = self.head.sampler(self, cond, torch.tensor(steps, dtype=torch.float32, device=cond.device), e)
         for i, k in enumerate(steps):
             ab = self.alphas_cumprod[k]
             ab_prev = self.alphas_cumprod[steps[i + 1]] if i + 1 < len(steps) else torch.tensor(1.0, device=x.device)
-            pred = self.head(self.expert, cond, x, torch.full((B,), float(k), device=x.device), e).float()
+            if fast:
+                pred = predict(x, i).float()
+            else:
+                pred = self.head(self.expert, cond, x, torch.full((B,), float(k), device=x.device), e).float()
             if cfg.diffusion_prediction == "epsilon":
                 x0 = (x - (1 - ab).sqrt() * pred) / ab.sqrt()
             else:

@@ -73,6 +73,43 @@ class DiscretePolicy(ChunkPolicy):
         return loss, {"token_accuracy": float(acc)}
 
     def _sample(self, p, cond):
+        """Greedy decoding with the expert's key/value cache (same tokens as :meth:`_sample_reference`).
+
+        The observation tokens never attend to action tokens and action token i only to tokens <= i,
+        so the keys/values of earlier tokens do not change as decoding proceeds: each step runs the
+        expert on one new token per row instead of on the whole prefix.
+        """
+        e = p["embodiment"]
+        B, C, D = cond.shape
+        N, K = self.config.horizon * self.A, self.config.discrete_bins
+        keep = bool(getattr(self, "keep_features", False))
+        token, position, logits = self.head["token"], self.head["position"].weight, self.head["logits"]
+        if not self.autoregressive:
+            x = (token(torch.full((B, N), K, device=cond.device)) + position[:N]).to(cond.dtype)
+            h = self.expert.infer(torch.cat([cond, x], dim=1), keep=C)  # (B, N, D)
+            if keep:
+                self.last_features = h.float().mean(1)
+            return self.detokenize(logits(h).argmax(-1)) * self.action_mask[e, None]
+        if self.expert._inference_weights() is None:  # training mode or unmerged adapters
+            return self._sample_reference(p, cond)
+        cache = self.expert.new_cache(B, C + N, cond)
+        self.expert.infer(cond, keep=C, cache=cache)  # observation tokens: keys/values only
+        tokens = torch.empty(B, N, dtype=torch.long, device=cond.device)
+        prev = torch.full((B,), K, dtype=torch.long, device=cond.device)
+        feats = []
+        for i in range(N):
+            x = (token(prev) + position[i]).to(cond.dtype)[:, None]  # (B, 1, D)
+            h = self.expert.infer(x, cache=cache)[:, 0]
+            if keep:
+                feats.append(h)
+            prev = logits(h).argmax(-1)
+            tokens[:, i] = prev
+        if keep:
+            self.last_features = torch.stack(feats, 1).float().mean(1)
+        return self.detokenize(tokens) * self.action_mask[e, None]
+
+    def _sample_reference(self, p, cond):
+        """Greedy decoding by full expert passes over the growing prefix; the fast path must equal it."""
         e = p["embodiment"]
         B, N, K = cond.shape[0], self.config.horizon * self.A, self.config.discrete_bins
         if not self.autoregressive:

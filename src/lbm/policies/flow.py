@@ -31,6 +31,34 @@ class ContinuousHead(nn.Module):
         h = expert(torch.cat([cond, t, a], dim=1))[:, cond.shape[1] + 1 :]
         return torch.einsum("btd,bda->bta", h, self.action_out_w[e]) + self.action_out_b[e][:, None]
 
+    def sampler(self, policy, cond, levels, e):
+        """``predict(x, i)``: :meth:`forward` at noise level ``levels[i]`` for a whole sampling loop.
+
+        Everything that does not depend on the noisy actions is computed once per chunk: the
+        per-embodiment projections, the noise-level tokens of every step (one batched MLP call), and
+        the token buffer holding the conditioning tokens. The conditioning tokens still go through the
+        expert at every step: attention is bidirectional, so their hidden states depend on the action
+        tokens and cannot be cached without changing the model. With ``policy.keep_features`` it sets
+        ``policy.last_features`` at every step (the last one remains), as the reference hook does.
+        """
+        expert = policy.expert
+        B, C, D = cond.shape
+        w_in, b_in = self.action_in_w[e], self.action_in_b[e][:, None] + self.chunk_pos  # (B, Amax, D), (B, T, D)
+        w_out, b_out = self.action_out_w[e], self.action_out_b[e][:, None]
+        times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))  # (steps, D)
+        tokens = torch.cat([cond, cond.new_zeros(B, 1 + b_in.shape[1], D)], dim=1)
+        keep = bool(getattr(policy, "keep_features", False))
+
+        def predict(x: torch.Tensor, i: int) -> torch.Tensor:
+            tokens[:, C] = times[i]
+            tokens[:, C + 1 :] = torch.baddbmm(b_in, x.to(w_in.dtype), w_in)
+            h = expert.infer(tokens, keep=C)  # (B, 1 + T, D): the noise-level token and the actions
+            if keep:
+                policy.last_features = h.float().mean(1)
+            return torch.baddbmm(b_out, h[:, 1:], w_out)
+
+        return predict
+
 
 class FlowPolicy(ChunkPolicy):
     """Rectified-flow action chunks conditioned on the shared observation tokens."""
@@ -53,6 +81,18 @@ class FlowPolicy(ChunkPolicy):
         return err, {}
 
     def _sample(self, p, cond):
+        """Euler integration through :meth:`ContinuousHead.sampler` (same math as :meth:`_sample_reference`)."""
+        e = p["embodiment"]
+        B, N = cond.shape[0], self.config.flow_steps
+        x = torch.randn(B, self.config.horizon, self.A, device=cond.device)
+        levels = torch.tensor([1.0 - i / N for i in range(N)], device=cond.device) * 1000
+        velocity = self.head.sampler(self, cond, levels, e)
+        for i in range(N):
+            x = x - velocity(x, i).float() / N
+        return x * self.action_mask[e, None]
+
+    def _sample_reference(self, p, cond):
+        """The plain sampling loop (one full expert forward per step); the fast path must equal it."""
         e = p["embodiment"]
         B, N = cond.shape[0], self.config.flow_steps
         x = torch.randn(B, self.config.horizon, self.A, device=cond.device)
