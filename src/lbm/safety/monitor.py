@@ -41,25 +41,28 @@ def action_var_path(features_file: Path) -> Path:
     return Path(features_file).with_suffix(".action_var.npy")
 
 
-def read_action_vars(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
-    """Per-step action-sample variance ``(T,)``, success and task of every trial that has it."""
+def _read_per_step(folders: list[Path], path_of, missing: str) -> tuple[list[np.ndarray], list[bool], list[str]]:
+    """Per-step arrays stored beside every trial (``path_of(feature_path)``), with success and task."""
     from lbm.eval.stats import load_records
 
-    vars_, success, tasks = [], [], []
-    for folder in folders:
-        df = load_records(Path(folder) / "records.parquet", require_pairing=False)
+    arrays, success, tasks = [], [], []
+    for folder in map(Path, folders):
+        df = load_records(folder / "records.parquet", require_pairing=False)
         for r in df.itertuples(index=False):
-            p = action_var_path(features_path(Path(folder), r.policy, r.task, r.shift, r.trial))
-            if p.exists():
-                v = np.load(p)
-                if len(v):
-                    vars_.append(v)
-                    success.append(bool(r.success))
-                    tasks.append(str(r.task))
-    if not vars_:
-        raise LbmError(f"No stored action-sample variances in {[str(f) for f in folders]}. Run `lbm eval ... "
-                       "--features --action-samples K` with a flow or diffusion checkpoint first.")
-    return vars_, success, tasks
+            p = path_of(features_path(folder, r.policy, r.task, r.shift, r.trial))
+            if p.exists() and len(a := np.load(p)):
+                arrays.append(a)
+                success.append(bool(r.success))
+                tasks.append(str(r.task))
+    if not arrays:
+        raise LbmError(f"No stored {missing} in {[str(f) for f in folders]}.")
+    return arrays, success, tasks
+
+
+def read_action_vars(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
+    """Per-step action-sample variance ``(T,)``, success and task of every trial that has it."""
+    return _read_per_step(folders, action_var_path, "action-sample variances. Run `lbm eval ... --features "
+                          "--action-samples K` with a flow or diffusion checkpoint first")
 
 
 class FailureMonitor:
@@ -134,24 +137,8 @@ def load_monitor(folder: str) -> FailureMonitor:
 
 def read_rollouts(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
     """Per-step features, success and task of every trial with stored features in eval folders."""
-    from lbm.eval.stats import load_records
-
-    feats, success, tasks = [], [], []
-    for folder in folders:
-        folder = Path(folder)
-        df = load_records(folder / "records.parquet", require_pairing=False)
-        for r in df.itertuples(index=False):
-            p = features_path(folder, r.policy, r.task, r.shift, r.trial)
-            if p.exists():
-                f = np.load(p)
-                if len(f):
-                    feats.append(f)
-                    success.append(bool(r.success))
-                    tasks.append(str(r.task))
-    if not feats:
-        raise LbmError(f"No stored features in {[str(f) for f in folders]}. Run `lbm eval ... --features` with a "
-                       "checkpoint policy first.")
-    return feats, success, tasks
+    return _read_per_step(folders, lambda p: p, "features. Run `lbm eval ... --features` with a checkpoint "
+                          "policy first")
 
 
 def train_monitor(folders: list[Path], out: Path, alpha: float = 0.1, kind: str = "mlp", calibration_fraction: float = 0.5,
