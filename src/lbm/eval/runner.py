@@ -253,6 +253,9 @@ def run_wave(
     emit: Callable[[dict], None],
 ) -> int:
     """Run one wave of trials in lockstep, emitting one record per trial. Returns env steps taken."""
+    from lbm.safety.monitor import features_path
+    from lbm.safety.rollout import SlotSafety
+
     slots: list[_Slot] = []
     for item in items:
         try:
@@ -266,10 +269,6 @@ def run_wave(
         try:
             s.obs = env.reset(seed=item.seed)
             s.init_hash = _initial_state_hash(env, s.obs)
-            from lbm.safety.rollout import SlotSafety
-
-            from lbm.safety.monitor import features_path
-
             feats = features_path(config.out, item.policy, item.task, item.shift, item.trial) if config.features else None
             s.safety = SlotSafety(env.embodiment, shield=config.shield, monitor=config.monitor, features_file=feats)
         except Exception as e:
