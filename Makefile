@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: quickstart test test-slow test-interop bench system-deps install clean
+.PHONY: quickstart test test-slow test-interop bench bench-quick system-deps install clean
 
 quickstart: install
 	$(BIN)/lbm study --profile quick
@@ -28,6 +28,9 @@ test-interop: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: install
+	$(BIN)/python benchmarks/run_all.py --quick
 
 install: $(STAMP)
 
