@@ -117,7 +117,7 @@ class StudyConfig:
 
 
 PROFILES: dict[str, StudyConfig] = {
-    # The default of `make quickstart`: fits a 2-core CPU in about 25 minutes including data.
+    # The default of `make quickstart`: about 20 minutes on an idle 2-core CPU, data included.
     "quick": StudyConfig(
         name="quick",
         pretrain_tasks="ml45-train",
