@@ -26,6 +26,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("report",): ("lbm.eval.commands:report", "Write an HTML + markdown report from an evaluation folder."),
     ("study",): ("lbm.study:study_command", "The careful LBM study, end to end."),
     ("serve",): ("lbm.serve.commands:serve", "Serve a checkpoint over the openpi websocket protocol."),
+    ("safety", "check"): ("lbm.safety.commands:check", "Run the instruction guard on one instruction."),
+    ("safety", "redteam"): ("lbm.safety.commands:redteam", "Instruction-guard refusal rates on the red-team set."),
+    ("safety", "train-monitor"): ("lbm.safety.commands:train_monitor", "Train and calibrate a failure monitor."),
 }
 
 
