@@ -65,7 +65,7 @@ def redteam(redteam_file: Path | None = None, seed: int = 0) -> int:
     return 0
 
 
-def train_monitor(evals: list[Path], out: Path, alpha: float = 0.1, kind: str = "mlp",
+def train_monitor(evals: Annotated[list[Path], tyro.conf.Positional], out: Path, alpha: float = 0.1, kind: str = "mlp",
                   calibration_fraction: float = 0.5, seed: int = 0) -> int:
     """Train a SAFE-style failure monitor on `lbm eval --features` folders and calibrate its alert band.
 
