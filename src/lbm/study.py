@@ -24,7 +24,6 @@ This module composes the pieces; it re-implements none of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -203,11 +202,6 @@ study_command.raw_args = True  # the CLI hands this command its raw arguments (i
 # ---- stages ---------------------------------------------------------------------------------
 
 
-def _digest(settings: dict) -> str:
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 class _Cache:
     """Content-addressed stage folders: ``cache/KIND-HASH`` appears only when the stage completed.
 
@@ -222,7 +216,9 @@ class _Cache:
         """Compute time of every stage, when it ran (read back from its DONE file when cached)."""
 
     def stage(self, kind: str, settings: dict, build: Callable[[Path], None], label: str) -> Path:
-        final = self.root / f"{kind}-{_digest({'kind': kind, 'format': STUDY_FORMAT, **settings})}"
+        from lbm.eval.schedule import settings_hash
+
+        final = self.root / f"{kind}-{settings_hash({'kind': kind, 'format': STUDY_FORMAT, **settings})[:12]}"
         if (final / DONE).exists():
             _log(f"[cached] {label}")
             self.seconds[label] = float((final / DONE).read_text() or "nan")
