@@ -450,9 +450,7 @@ def _json_default(x):
         return None if math.isnan(x) else float(x)
     if isinstance(x, np.ndarray):
         return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    return str(x)
+    return str(x)  # paths and anything else
 
 
 # ---- analysis -------------------------------------------------------------------------------
