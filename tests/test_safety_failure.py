@@ -169,8 +169,6 @@ def test_last_layer_features_are_the_expert_output_and_action_samples_leave_acti
     assert plain.last_features is None  # the hook is off by default
 
     policy, _ = _tiny_policy()
-    outputs = []
-    policy.expert.register_forward_hook(lambda m, a, out: outputs.append(out))
     rec = FeatureRecorder.attach(policy, action_samples=4)
     assert FeatureRecorder.attach(policy, action_samples=4) is rec
     torch.manual_seed(7)
@@ -178,14 +176,18 @@ def test_last_layer_features_are_the_expert_output_and_action_samples_leave_acti
     # The extra draws run under a forked RNG: executed actions are exactly those without them.
     np.testing.assert_array_equal(actions, expected)
     # Features: the expert's final output at the last denoising pass of the executed chunk, pooled
-    # over the tokens after the conditioning tokens (C = history states + language + embodiment).
-    # (An inference fast path may bypass forward hooks; it must then set the same features itself.)
-    C = policy.config.history + 2
-    if outputs:
-        last_main = outputs[policy.config.flow_steps - 1]  # main call first, then the K extra draws
-        np.testing.assert_allclose(rec.last, last_main[:, C:].mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    # over the action tokens. The fast sampling path bypasses forward hooks, so it must set the
+    # features the plain loop's last expert forward gives.
+    reference, _ = _tiny_policy()
+    reference._sample = reference._sample_reference
+    outputs = []
+    reference.expert.register_forward_hook(lambda m, a, out: outputs.append(out))
+    torch.manual_seed(7)
+    reference.predict_chunk(obs)
+    assert len(outputs) == policy.config.flow_steps
+    np.testing.assert_allclose(rec.last, outputs[-1].mean(1).numpy(), rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(rec.last)) and not np.allclose(rec.last[0], rec.last[1])  # depends on the observation
-    assert rec.last.shape == (3, policy.config.d_model)
+    assert rec.last.shape == (3, policy.config.action_d_model)
     assert rec.last_action_var.shape == (3,) and np.all(rec.last_action_var > 0)
     with pytest.raises(LbmError, match="action_samples=4"):
         FeatureRecorder.attach(policy, action_samples=2)

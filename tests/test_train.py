@@ -111,7 +111,7 @@ def test_finetune_variants(variant, workdir):
     path = train(cfg)
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(path / "model.safetensors"))
     assert set(before) == set(after), "LoRA must be merged into plain weights"
-    trunk = [k for k in before if k.startswith("expert.blocks.0.qkv.weight")]
+    trunk = [k for k in before if k.startswith("expert.blocks.0.obs.qkv.weight")]
     changed = not torch.equal(before[trunk[0]], after[trunk[0]])
     assert changed == (variant != "head_only")
     assert not torch.equal(before["head.action_out_w"], after["head.action_out_w"])

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from lbm.errors import LbmError, did_you_mean
 
-STUDY_FORMAT = 1
+STUDY_FORMAT = 2  # its cached checkpoints follow the checkpoint format
 """Version of the study folder layout; a folder written by another format is refused."""
 DONE = "DONE"
 

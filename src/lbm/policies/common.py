@@ -70,128 +70,202 @@ def shift_scale(stats: Any, mode: str, feature: str, embodiment: str) -> tuple[n
 # ---- building blocks -------------------------------------------------------------------------------
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block with explicit Linear layers (so LoRA can target qkv/proj/fc1/fc2)."""
+class Stream(nn.Module):
+    """One token type's weights inside a block (pi0's "experts"): norms, attention projections, MLP.
 
-    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+    Tokens have the stream's own ``width``; attention runs at the shared ``inner`` width so that
+    both streams' queries, keys and values meet in one attention. ``kv_only`` keeps just what makes
+    keys and values: the observation stream of the last block, whose outputs nobody reads. Explicit
+    Linear layers so LoRA can target qkv/kv/proj/fc1/fc2.
+    """
+
+    def __init__(self, width: int, inner: int, ff: int, kv_only: bool = False):
         super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.norm2 = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, ff)
-        self.fc2 = nn.Linear(ff, d)
-        self.dropout = dropout
+        self.kv_only = kv_only
+        self.norm1 = nn.LayerNorm(width)
+        if kv_only:
+            self.kv = nn.Linear(width, 2 * inner)
+            return
+        self.qkv = nn.Linear(width, 3 * inner)
+        self.proj = nn.Linear(inner, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, ff)
+        self.fc2 = nn.Linear(ff, width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+    def heads(self, x: torch.Tensor, heads: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(q, k, v)``, each (B, heads, N, inner / heads); ``q`` is None for a kv-only stream."""
+        B, N, _ = x.shape
+        h = self.norm1(x)
+        if self.kv_only:
+            k, v = self.kv(h).view(B, N, 2, heads, -1).permute(2, 0, 3, 1, 4)
+            return None, k, v
+        q, k, v = self.qkv(h).view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def update(self, x: torch.Tensor, attended: torch.Tensor, dropout: float) -> torch.Tensor:
+        """Residual attention output (``attended`` (B, N, inner)) and MLP."""
+        x = x + self.proj(attended)
+        return x + F.dropout(self.fc2(F.gelu(self.fc1(self.norm2(x)))), dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-LN block over two token streams (observations, actions) with one joint attention."""
+
+    def __init__(self, config: PolicyConfig, last: bool):
+        super().__init__()
+        self.heads = config.num_heads
+        self.dropout = config.dropout
+        self.obs = Stream(config.d_model, config.d_model, config.ff_dim, kv_only=last)
+        self.act = Stream(config.action_d_model, config.d_model, config.action_ff_dim)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``obs`` (B, C, D), ``act`` (B, T, Da), ``mask`` (C+T, C+T) -> (obs or None after the last block, act)."""
+        B, C, D = obs.shape
+        T = act.shape[1]
+        q_obs, k_obs, v_obs = self.obs.heads(obs, self.heads)
+        q_act, k_act, v_act = self.act.heads(act, self.heads)
+        k, v = torch.cat([k_obs, k_act], dim=2), torch.cat([v_obs, v_act], dim=2)
+        q = q_act if q_obs is None else torch.cat([q_obs, q_act], dim=2)
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, N, D))
-        return x + F.dropout(self.fc2(F.gelu(self.fc1(self.norm2(x)))), p, self.training)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[-q.shape[2] :], dropout_p=p)
+        a = a.transpose(1, 2).reshape(B, -1, D)
+        act = self.act.update(act, a[:, -T:], p)
+        return (None if q_obs is None else self.obs.update(obs, a[:, :C], p)), act
+
+
+def _stream_weights(stream: Stream) -> tuple[torch.Tensor, ...] | None:
+    """Inference weights of a stream (Linear weights transposed for addmm), None if not plain layers."""
+    names = ("norm1", "kv") if stream.kv_only else ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+    modules = [getattr(stream, n) for n in names]
+    if not all(type(m) in (nn.Linear, nn.LayerNorm) for m in modules):  # e.g. an unmerged LoRA adapter
+        return None
+    with torch.no_grad():
+        return tuple(
+            t for m in modules for t in (
+                (m.weight.detach().t().contiguous(), m.bias.detach()) if type(m) is nn.Linear else (m.weight.detach(), m.bias.detach())
+            )
+        )
+
+
+def _fast_stream(x: torch.Tensor, w: tuple[torch.Tensor, ...], heads: int, cache: dict, layer: int, n0: int) -> torch.Tensor | None:
+    """One stream through one block on the inference fast path (same math as Stream/Block forward).
+
+    The rows of ``x`` write their keys/values at cache positions ``n0:n0+N`` and attend to
+    positions ``:n0+N``. Returns None for a kv-only stream.
+    """
+    B, N, width = x.shape
+    h = F.layer_norm(x, (width,), w[0], w[1]).view(-1, width)
+    if len(w) == 4:  # kv-only
+        k, v = torch.addmm(w[3], h, w[2]).view(B, N, 2, heads, -1).permute(2, 0, 3, 1, 4)
+        q = None
+    else:
+        q, k, v = torch.addmm(w[3], h, w[2]).view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    keys, values = cache["k"][layer], cache["v"][layer]
+    keys[:, :, n0 : n0 + N] = k
+    values[:, :, n0 : n0 + N] = v
+    if q is None:
+        return None
+    n1w, n1b, qkvw, qkvb, pw, pb, n2w, n2b, f1w, f1b, f2w, f2b = w
+    a = F.scaled_dot_product_attention(q, keys[:, :, : n0 + N], values[:, :, : n0 + N]).transpose(1, 2).reshape(B * N, -1)
+    x = x + torch.addmm(pb, a, pw).view(B, N, width)
+    h = F.gelu(torch.addmm(f1b, F.layer_norm(x, (width,), n2w, n2b).view(-1, width), f1w))
+    return x + torch.addmm(f2b, h, f2w).view(B, N, width)
 
 
 class Transformer(nn.Module):
-    """The action expert: blocks over ``[conditioning tokens, action tokens]``."""
+    """The action expert: pi0's layout of two token streams sharing attention in every block.
+
+    Observation tokens (width ``d_model``) attend only to each other; action tokens (width
+    ``action_d_model``, narrower: they go through the network at every denoising step) attend to
+    the observations and to each other (optionally causally). Each stream has its own weights.
+    """
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            Block(config.d_model, config.num_heads, config.ff_dim, config.dropout) for _ in range(config.num_layers)
-        )
-        self.norm = nn.LayerNorm(config.d_model)
-
+        L = config.num_layers
+        self.blocks = nn.ModuleList(Block(config, last=i == L - 1) for i in range(L))
+        self.norm = nn.LayerNorm(config.action_d_model)
+        self.heads = config.num_heads
+        self.inner = config.d_model
         self._fast: tuple | None = None  # (key, per-block inference weights), see _inference_weights
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, N, D) -> (B, N, D); ``mask`` (N, N) bool, True = may attend."""
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """``obs`` (B, C, D), ``act`` (B, T, Da) -> action features (B, T, Da)."""
+        mask = prefix_mask(obs.shape[1], act.shape[1], causal, obs.device)
         for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
+            obs, act = block(obs, act, mask)
+        return self.norm(act)
 
     # ---- inference fast path: the same math as forward, fewer and cheaper ops ----------------------
-    # Sampling calls the expert 10-64 times per chunk on ~20 tokens, where per-op overhead and MKL's
-    # handling of transposed weights dominate (see benchmarks/policy_latency.py). These methods run
-    # the blocks with pre-transposed contiguous weights (addmm), skip the rows nobody reads in the
-    # last block, and keep a key/value cache for causal decoding. tests/test_policies.py checks them
-    # against forward.
+    # Sampling calls the expert 10-64 times per chunk on a few tokens, where per-op overhead and
+    # MKL's handling of transposed weights dominate (see benchmarks/policy_latency.py). The
+    # observation stream runs once per chunk and leaves its keys/values in a cache; each denoising
+    # or decoding step then runs only the action stream, with pre-transposed contiguous weights
+    # (addmm). tests/test_policies.py checks this path against forward.
 
-    def _inference_weights(self) -> list[tuple[torch.Tensor, ...]] | None:
-        """Per block ``(ln1 w, b, qkv W^T, b, proj W^T, b, ln2 w, b, fc1 W^T, b, fc2 W^T, b)``.
+    def _inference_weights(self) -> list[tuple] | None:
+        """Per block ``(observation stream weights, action stream weights)`` for :func:`_fast_stream`.
 
         Rebuilt whenever a parameter changes (optimizer step, load_state_dict, .to()); None in
-        training mode or when a layer is not a plain Linear (e.g. an unmerged LoRA adapter), where
-        callers use :meth:`forward`.
+        training mode or when a layer is not plain (an unmerged LoRA adapter), where callers use
+        :meth:`forward`.
         """
         if self.training:
             return None
-        params = list(self.parameters())
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype) for p in self.parameters())
         if self._fast is not None and self._fast[0] == key:
             return self._fast[1]
-        layers = []
-        for b in self.blocks:
-            if not all(type(m) is nn.Linear for m in (b.qkv, b.proj, b.fc1, b.fc2)) or not all(
-                type(m) is nn.LayerNorm for m in (b.norm1, b.norm2)
-            ):
-                return None
-            with torch.no_grad():
-                layers.append(tuple(t.detach() if t.ndim == 1 else t.detach().t().contiguous() for t in (
-                    b.norm1.weight, b.norm1.bias, b.qkv.weight, b.qkv.bias, b.proj.weight, b.proj.bias,
-                    b.norm2.weight, b.norm2.bias, b.fc1.weight, b.fc1.bias, b.fc2.weight, b.fc2.bias)))
+        layers = [(_stream_weights(b.obs), _stream_weights(b.act)) for b in self.blocks]
+        if any(w is None for pair in layers for w in pair):
+            return None
         self._fast = (key, layers)
         return layers
 
-    def infer(self, x: torch.Tensor, keep: int = 0, cache: dict | None = None) -> torch.Tensor | None:
-        """Eval-mode :meth:`forward` (no mask) returning only rows ``keep:`` (B, N - keep, D).
+    def prefix_cache(self, obs: torch.Tensor, extra: int) -> dict | None:
+        """A key/value cache of the observation tokens ``obs`` (B, C, D), with room for ``extra`` action tokens.
 
-        With ``cache`` (from :meth:`new_cache`) the rows of ``x`` are appended to the cached
-        keys/values and attend to everything cached so far: causal decoding where earlier tokens
-        never see later ones. Returns None when ``keep >= N`` (only the cache is filled).
+        None where the fast path is unavailable (training mode, unmerged LoRA adapters): callers
+        then run :meth:`forward`, the same math.
         """
-        W = self._inference_weights()
-        B, N, D = x.shape
-        if W is None:
-            if cache is not None:
-                raise LbmError("Transformer.infer with a key/value cache needs eval mode and plain Linear layers (merge LoRA adapters first).")
-            return self.forward(x)[:, keep:]
-        heads = self.blocks[0].heads
-        n0 = cache["n"] if cache is not None else 0
-        out = None
-        for i, (n1w, n1b, qkvw, qkvb, pw, pb, n2w, n2b, f1w, f1b, f2w, f2b) in enumerate(W):
-            h = F.layer_norm(x, (D,), n1w, n1b).view(-1, D)
-            q, k, v = torch.addmm(qkvb, h, qkvw).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
-            if cache is not None:
-                cache["k"][i][:, :, n0 : n0 + N] = k
-                cache["v"][i][:, :, n0 : n0 + N] = v
-                k, v = cache["k"][i][:, :, : n0 + N], cache["v"][i][:, :, : n0 + N]
-            rows = N
-            if i == len(W) - 1 and keep:
-                if keep >= N:
-                    break
-                q, x, rows = q[:, :, keep:], x[:, keep:], N - keep
-            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, D)
-            x = x + torch.addmm(pb, a, pw).view(B, rows, D)
-            h = F.gelu(torch.addmm(f1b, F.layer_norm(x, (D,), n2w, n2b).view(-1, D), f1w))
-            x = x + torch.addmm(f2b, h, f2w).view(B, rows, D)
-        else:
-            out = F.layer_norm(x, (D,), self.norm.weight, self.norm.bias)
-        if cache is not None:
-            cache["n"] = n0 + N
-        return out
+        weights = self._inference_weights()
+        if weights is None:
+            return None
+        B, C, _ = obs.shape
+        shape = (B, self.heads, C + extra, self.inner // self.heads)
+        cache = {"n": C, "weights": weights, "k": [obs.new_empty(shape) for _ in weights], "v": [obs.new_empty(shape) for _ in weights]}
+        x = obs
+        for i, (w_obs, _) in enumerate(weights):
+            x = _fast_stream(x, w_obs, self.heads, cache, i, 0)
+        return cache
 
-    def new_cache(self, batch: int, capacity: int, like: torch.Tensor) -> dict:
-        """Empty key/value cache for :meth:`infer`: ``capacity`` tokens per row of ``batch``."""
-        heads = self.blocks[0].heads
-        D = like.shape[-1]
-        shape = (batch, heads, capacity, D // heads)
-        return {
-            "n": 0,
-            "k": [like.new_empty(shape) for _ in self.blocks],
-            "v": [like.new_empty(shape) for _ in self.blocks],
-        }
+    def infer(self, act: torch.Tensor, cache: dict, advance: bool = True) -> torch.Tensor:
+        """Action features (B, N, Da) of action tokens ``act`` (B, N, Da) against a :meth:`prefix_cache`.
+
+        The tokens attend to everything cached and to each other. ``advance=True`` keeps their
+        keys/values (causal decoding: the next call's tokens see them, never the reverse);
+        ``advance=False`` lets the next call overwrite them (the chunk of one denoising step).
+        """
+        n0 = cache["n"]
+        x = act
+        for i, (_, w_act) in enumerate(cache["weights"]):
+            x = _fast_stream(x, w_act, self.heads, cache, i, n0)
+        if advance:
+            cache["n"] = n0 + act.shape[1]
+        return F.layer_norm(x, (x.shape[-1],), self.norm.weight, self.norm.bias)
+
+
+def prefix_mask(prefix: int, n: int, causal: bool, device: torch.device) -> torch.Tensor:
+    """Attention mask (True = may attend) over ``[prefix tokens, n action tokens]`` (the pi0 layout).
+
+    The observation prefix attends only to itself, so its keys/values do not depend on the actions
+    and are computed once per chunk (:meth:`Transformer.prefix_cache`). Action tokens see the
+    whole prefix and each other (``causal``: only earlier ones and themselves).
+    """
+    mask = torch.ones(prefix + n, prefix + n, dtype=torch.bool, device=device)
+    mask[:prefix, prefix:] = False
+    if causal:
+        mask[prefix:, prefix:] = torch.tril(mask[prefix:, prefix:])
+    return mask
 
 
 class ConvEncoder(nn.Module):
@@ -419,10 +493,10 @@ class ChunkPolicy(nn.Module):
     keep_features: bool = False
     """When True, :meth:`sample_actions` sets :attr:`last_features` (off by default: no cost)."""
     last_features: torch.Tensor | None = None
-    """(B, D) last-layer features of the latest :meth:`sample_actions` call (with ``keep_features``):
-    the action expert's final (normed) hidden states at its last forward pass (the last denoising
-    step for flow/diffusion, the last decoding step for discrete), averaged over the tokens after the
-    conditioning tokens (the action tokens; for flow/diffusion also the noise-level token)."""
+    """(B, action_d_model) last-layer features of the latest :meth:`sample_actions` call (with
+    ``keep_features``): the action expert's final (normed) hidden states of the action tokens at its
+    last forward pass (the last denoising step for flow/diffusion, the last decoding step for
+    discrete), averaged over the tokens."""
 
     @torch.no_grad()
     def sample_actions(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -431,10 +505,9 @@ class ChunkPolicy(nn.Module):
         cond = self.encode(p)
         if not self.keep_features:
             return self._sample(p, cond)
-        C = cond.shape[1]
 
         def keep(module, args, out):  # every expert pass overwrites: the last one (final step) remains
-            self.last_features = out[:, C:].float().mean(1)
+            self.last_features = out.float().mean(1)
 
         handle = self.expert.register_forward_hook(keep)
         try:

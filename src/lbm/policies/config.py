@@ -29,11 +29,17 @@ class PolicyConfig:
     d_model: int = 256
     """D: width of every token."""
     num_layers: int = 4
-    """Transformer blocks of the action expert."""
+    """Transformer blocks of the action expert (each has an observation and an action stream)."""
     num_heads: int = 4
     """Attention heads per block."""
     ff_dim: int = 1024
     """Hidden width of each block's MLP."""
+    action_d_model: int = 128
+    """Da: width of the action tokens' stream (pi0's smaller action expert). The observation tokens
+    go through the network once per chunk at width ``d_model``; the action tokens go through it at
+    every denoising or decoding step, so their width sets the sampling cost."""
+    action_ff_dim: int = 512
+    """Hidden width of the action stream's MLP."""
     dropout: float = 0.0
     """Dropout inside the transformer (0 for small data is usually best)."""
     cameras: tuple[str, ...] = ()
@@ -73,11 +79,11 @@ class PolicyConfig:
 
 SIZES: dict[str, dict[str, object]] = {
     # tests: a forward pass in milliseconds, overfits in a few hundred steps
-    "tiny": dict(d_model=64, num_layers=2, num_heads=2, ff_dim=128, cnn_widths=(8, 16), image_size=32),
+    "tiny": dict(d_model=64, num_layers=2, num_heads=2, ff_dim=128, action_d_model=32, action_ff_dim=64, cnn_widths=(8, 16), image_size=32),
     # CPU default: a few million parameters
-    "small": dict(d_model=256, num_layers=4, num_heads=4, ff_dim=1024, cnn_widths=(32, 64, 128, 128)),
+    "small": dict(d_model=256, num_layers=4, num_heads=4, ff_dim=1024, action_d_model=128, action_ff_dim=512, cnn_widths=(32, 64, 128, 128)),
     # GPU
-    "base": dict(d_model=512, num_layers=8, num_heads=8, ff_dim=2048, cnn_widths=(64, 128, 256, 256)),
+    "base": dict(d_model=512, num_layers=8, num_heads=8, ff_dim=2048, action_d_model=256, action_ff_dim=1024, cnn_widths=(64, 128, 256, 256)),
 }
 """Named model sizes, applied by :func:`policy_config`."""
 
@@ -96,7 +102,7 @@ def validate_config(config: PolicyConfig) -> None:
     problems = []
     if config.d_model % config.num_heads:
         problems.append(f"d_model={config.d_model} is not divisible by num_heads={config.num_heads}")
-    for name in ("horizon", "history", "d_model", "num_layers", "num_heads", "flow_steps", "diffusion_sample_steps"):
+    for name in ("horizon", "history", "d_model", "action_d_model", "action_ff_dim", "ff_dim", "num_layers", "num_heads", "flow_steps", "diffusion_sample_steps"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(config, name)})")
     if config.diffusion_sample_steps > config.diffusion_train_steps:

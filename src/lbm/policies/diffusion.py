@@ -28,7 +28,7 @@ class DiffusionPolicy(ChunkPolicy):
 
     def __init__(self, config, embodiments, stats, instructions=None):
         super().__init__(config, embodiments, stats, instructions)
-        self.head = ContinuousHead(len(self.embodiments), self.A, config.d_model, config.horizon)
+        self.head = ContinuousHead(len(self.embodiments), self.A, config.action_d_model, config.horizon)
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(config.diffusion_train_steps), persistent=False)
 
     def _loss(self, p, cond):

@@ -22,7 +22,7 @@ class DiscretePolicy(ChunkPolicy):
 
     def __init__(self, config, embodiments, stats, instructions=None):
         super().__init__(config, embodiments, stats, instructions)
-        D, N, K = config.d_model, config.horizon * self.A, config.discrete_bins
+        D, N, K = config.action_d_model, config.horizon * self.A, config.discrete_bins
         self.head = nn.ModuleDict(
             {
                 "token": nn.Embedding(K + 1, D),  # index K = begin-of-chunk / query placeholder
@@ -45,16 +45,10 @@ class DiscretePolicy(ChunkPolicy):
 
     def _logits(self, cond: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` (B, n) token ids -> logits (B, n, K) for positions 0..n-1."""
-        n, C = inputs.shape[1], cond.shape[1]
+        n = inputs.shape[1]
         x = self.head["token"](inputs) + self.head["position"].weight[:n]
-        mask = None
-        if self.autoregressive:
-            # Observation tokens see each other; action token i sees all of them and tokens <= i.
-            mask = torch.ones(C + n, C + n, dtype=torch.bool, device=cond.device)
-            mask[:C, C:] = False
-            mask[C:, C:] = torch.tril(mask[C:, C:])
-        h = self.expert(torch.cat([cond, x.to(cond.dtype)], dim=1), mask)[:, C:]
-        return self.head["logits"](h)
+        # Observation tokens see each other; action token i sees all of them and tokens <= i.
+        return self.head["logits"](self.expert(cond, x.to(cond.dtype), causal=self.autoregressive))
 
     def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         K = self.config.discrete_bins
@@ -84,22 +78,21 @@ class DiscretePolicy(ChunkPolicy):
         N, K = self.config.horizon * self.A, self.config.discrete_bins
         keep = bool(getattr(self, "keep_features", False))
         token, position, logits = self.head["token"], self.head["position"].weight, self.head["logits"]
+        cache = self.expert.prefix_cache(cond, N)  # observation tokens: keys/values only
+        if cache is None:  # training mode or unmerged adapters
+            return self._sample_reference(p, cond)
         if not self.autoregressive:
             x = (token(torch.full((B, N), K, device=cond.device)) + position[:N]).to(cond.dtype)
-            h = self.expert.infer(torch.cat([cond, x], dim=1), keep=C)  # (B, N, D)
+            h = self.expert.infer(x, cache)  # (B, N, Da)
             if keep:
                 self.last_features = h.float().mean(1)
             return self.detokenize(logits(h).argmax(-1)) * self.action_mask[e, None]
-        if self.expert._inference_weights() is None:  # training mode or unmerged adapters
-            return self._sample_reference(p, cond)
-        cache = self.expert.new_cache(B, C + N, cond)
-        self.expert.infer(cond, keep=C, cache=cache)  # observation tokens: keys/values only
         tokens = torch.empty(B, N, dtype=torch.long, device=cond.device)
         prev = torch.full((B,), K, dtype=torch.long, device=cond.device)
         feats = []
         for i in range(N):
-            x = (token(prev) + position[i]).to(cond.dtype)[:, None]  # (B, 1, D)
-            h = self.expert.infer(x, cache=cache)[:, 0]
+            x = (token(prev) + position[i]).to(cond.dtype)[:, None]  # (B, 1, Da)
+            h = self.expert.infer(x, cache)[:, 0]
             if keep:
                 feats.append(h)
             prev = logits(h).argmax(-1)

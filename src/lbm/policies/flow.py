@@ -13,7 +13,13 @@ from lbm.policies.common import ChunkPolicy, _per_embodiment_linear, sinusoidal
 
 
 class ContinuousHead(nn.Module):
-    """Action tokens in (per-embodiment projection + chunk position), a noise-level token, velocity out."""
+    """Action tokens in (per-embodiment projection + chunk position + noise level), velocity out.
+
+    The layout is pi0's: the observation tokens attend only to each other, the action tokens to the
+    observations and to each other. The noise level is added to every action token rather than
+    given a token of its own, so a denoising step runs the action stream on exactly ``horizon``
+    tokens against the cached observation keys/values.
+    """
 
     def __init__(self, E: int, A: int, D: int, T: int):
         super().__init__()
@@ -26,36 +32,37 @@ class ContinuousHead(nn.Module):
 
     def forward(self, expert, cond, x, level, e):
         """``x`` (B, T, Amax) noisy actions, ``level`` (B,) in [0, 1000] -> prediction (B, T, Amax)."""
-        a = torch.einsum("bta,bad->btd", x, self.action_in_w[e]) + self.action_in_b[e][:, None] + self.chunk_pos
-        t = self.time_mlp(sinusoidal(level, self.D).to(a.dtype))[:, None]
-        h = expert(torch.cat([cond, t, a], dim=1))[:, cond.shape[1] + 1 :]
+        t = self.time_mlp(sinusoidal(level, self.D).to(cond.dtype))[:, None]
+        a = torch.einsum("bta,bad->btd", x, self.action_in_w[e]) + self.action_in_b[e][:, None] + self.chunk_pos + t
+        h = expert(cond, a)
         return torch.einsum("btd,bda->bta", h, self.action_out_w[e]) + self.action_out_b[e][:, None]
 
     def sampler(self, policy, cond, levels, e):
         """``predict(x, i)``: :meth:`forward` at noise level ``levels[i]`` for a whole sampling loop.
 
-        Everything that does not depend on the noisy actions is computed once per chunk: the
-        per-embodiment projections, the noise-level tokens of every step (one batched MLP call), and
-        the token buffer holding the conditioning tokens. The conditioning tokens still go through the
-        expert at every step: attention is bidirectional, so their hidden states depend on the action
-        tokens and cannot be cached without changing the model. With ``policy.keep_features`` it sets
-        ``policy.last_features`` at every step (the last one remains), as the reference hook does.
+        Everything that does not depend on the noisy actions is computed once per chunk: the keys and
+        values of the observation prefix (it never attends to the actions), the per-embodiment
+        projections and the noise-level embeddings of every step (one batched MLP call). With
+        ``policy.keep_features`` it sets ``policy.last_features`` at every step (the last one
+        remains), as the reference hook does.
         """
         expert = policy.expert
-        B, C, D = cond.shape
-        w_in, b_in = self.action_in_w[e], self.action_in_b[e][:, None] + self.chunk_pos  # (B, Amax, D), (B, T, D)
+        T = self.chunk_pos.shape[0]
+        w_in, b_in = self.action_in_w[e], self.action_in_b[e][:, None] + self.chunk_pos  # (B, Amax, Da), (B, T, Da)
         w_out, b_out = self.action_out_w[e], self.action_out_b[e][:, None]
-        times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))  # (steps, D)
-        tokens = torch.cat([cond, cond.new_zeros(B, 1 + b_in.shape[1], D)], dim=1)
+        times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))[:, None]  # (steps, 1, D)
+        cache = expert.prefix_cache(cond, T)
         keep = bool(getattr(policy, "keep_features", False))
 
         def predict(x: torch.Tensor, i: int) -> torch.Tensor:
-            tokens[:, C] = times[i]
-            tokens[:, C + 1 :] = torch.baddbmm(b_in, x.to(w_in.dtype), w_in)
-            h = expert.infer(tokens, keep=C)  # (B, 1 + T, D): the noise-level token and the actions
+            a = torch.baddbmm(b_in + times[i], x.to(w_in.dtype), w_in)
+            if cache is None:  # training mode or unmerged adapters: the plain forward
+                h = expert(cond, a)
+            else:
+                h = expert.infer(a, cache, advance=False)  # (B, T, Da)
             if keep:
                 policy.last_features = h.float().mean(1)
-            return torch.baddbmm(b_out, h[:, 1:], w_out)
+            return torch.baddbmm(b_out, h, w_out)
 
         return predict
 
@@ -67,7 +74,7 @@ class FlowPolicy(ChunkPolicy):
 
     def __init__(self, config, embodiments, stats, instructions=None):
         super().__init__(config, embodiments, stats, instructions)
-        self.head = ContinuousHead(len(self.embodiments), self.A, config.d_model, config.horizon)
+        self.head = ContinuousHead(len(self.embodiments), self.A, config.action_d_model, config.horizon)
 
     def _loss(self, p, cond):
         a, w, e = p["action"], p["action_weight"], p["embodiment"]

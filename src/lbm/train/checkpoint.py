@@ -27,7 +27,7 @@ from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_fro
 from lbm.policies.common import PER_EMBODIMENT_SUFFIXES
 from lbm.schema import Embodiment
 
-FORMAT = "lbm-checkpoint/1"
+FORMAT = "lbm-checkpoint/2"  # 2: two-stream (pi0) expert; 1 had one bidirectional stream
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

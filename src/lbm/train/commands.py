@@ -41,7 +41,8 @@ def policy_info(checkpoint: Annotated[Path, tyro.conf.Positional]) -> int:
     rows = [
         ("family", pol["family"]),
         ("parameters", f"{params:,}"),
-        ("size", f"D={pol['d_model']} layers={pol['num_layers']} heads={pol['num_heads']} ff={pol['ff_dim']}"),
+        ("size", f"layers={pol['num_layers']} heads={pol['num_heads']}; observations D={pol['d_model']} ff={pol['ff_dim']}; "
+                 f"actions D={pol['action_d_model']} ff={pol['action_ff_dim']}"),
         ("horizon / history", f"{pol['horizon']} / {pol['history']}"),
         ("cameras", ", ".join(pol["cameras"]) or "none (state only)"),
         ("normalization", f"state {pol['state_norm']}, action {pol['action_norm']}"),

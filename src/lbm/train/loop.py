@@ -167,7 +167,7 @@ def train(config: TrainConfig) -> Path:
             from peft import LoraConfig, inject_adapter_in_model
 
             heads = set(model.head_parameter_names())
-            lora = LoraConfig(r=config.finetune.lora_rank, lora_alpha=config.finetune.lora_alpha, target_modules=["qkv", "proj", "fc1", "fc2"])
+            lora = LoraConfig(r=config.finetune.lora_rank, lora_alpha=config.finetune.lora_alpha, target_modules=["qkv", "kv", "proj", "fc1", "fc2"])
             model = inject_adapter_in_model(lora, model)
             for n, p in model.named_parameters():
                 p.requires_grad_("lora_" in n or n in heads)
