@@ -175,13 +175,16 @@ def test_fast_sampling_equals_reference(family, history, data, cache):
     obs = [Observation(rng.normal(size=e.state_dim), {}, INSTRUCTIONS[i % 2], e.name) for i in range(3)]
     fast, ref = _both_paths(policy, obs)
     assert np.unique(fast).size > 4, "constant outputs would make the comparison vacuous"
-    np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=0)
+    # DDIM's first step divides by sqrt(alpha_bar) ~ 5e-4, magnifying float rounding of the two
+    # paths' different op orders (each step agrees to 1e-5: test_continuous_sampler_matches_head).
+    tol = 1e-4 if family == "diffusion" else 1e-5
+    np.testing.assert_allclose(fast, ref, atol=tol, rtol=0)
     # The fast path caches transposed weights: a weight update must invalidate them.
     with torch.no_grad():
         for p in policy.expert.parameters():
             p.mul_(1.5)
     fast2, ref2 = _both_paths(policy, obs)
-    np.testing.assert_allclose(fast2, ref2, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fast2, ref2, atol=tol, rtol=0)
     assert np.abs(fast2 - fast).max() > 1e-3
 
 

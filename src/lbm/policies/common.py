@@ -71,7 +71,7 @@ def shift_scale(stats: Any, mode: str, feature: str, embodiment: str) -> tuple[n
 
 
 class Stream(nn.Module):
-    """One token type's weights inside a block (pi0's "experts"): norms, attention projections, MLP.
+    """One token type's weights inside a block (pi0's "experts"): norms, attention projections, SiLU MLP.
 
     Tokens have the stream's own ``width``; attention runs at the shared ``inner`` width so that
     both streams' queries, keys and values meet in one attention. ``kv_only`` keeps just what makes
@@ -105,7 +105,7 @@ class Stream(nn.Module):
     def update(self, x: torch.Tensor, attended: torch.Tensor, dropout: float) -> torch.Tensor:
         """Residual attention output (``attended`` (B, N, inner)) and MLP."""
         x = x + self.proj(attended)
-        return x + F.dropout(self.fc2(F.gelu(self.fc1(self.norm2(x)))), dropout, self.training)
+        return x + F.dropout(self.fc2(F.silu(self.fc1(self.norm2(x)))), dropout, self.training)
 
 
 class Block(nn.Module):
@@ -147,28 +147,24 @@ def _stream_weights(stream: Stream) -> tuple[torch.Tensor, ...] | None:
         )
 
 
-def _fast_stream(x: torch.Tensor, w: tuple[torch.Tensor, ...], heads: int, cache: dict, layer: int, n0: int) -> torch.Tensor | None:
+def _fast_stream(x: torch.Tensor, w: tuple[torch.Tensor, ...], heads: int, views: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
     """One stream through one block on the inference fast path (same math as Stream/Block forward).
 
-    The rows of ``x`` write their keys/values at cache positions ``n0:n0+N`` and attend to
-    positions ``:n0+N``. Returns None for a kv-only stream.
+    ``views`` (from :meth:`Transformer._cache_views`): where the rows of ``x`` write their keys and
+    values in the cache, and the cached keys and values they attend to. Returns None for a kv-only
+    stream.
     """
     B, N, width = x.shape
+    written, keys, values = views
     h = F.layer_norm(x, (width,), w[0], w[1]).view(-1, width)
+    qkv = torch.addmm(w[3], h, w[2]).view(B, N, -1, heads, keys.shape[-1]).permute(2, 0, 3, 1, 4)
+    written.copy_(qkv[-2:])  # keys and values in one copy
     if len(w) == 4:  # kv-only
-        k, v = torch.addmm(w[3], h, w[2]).view(B, N, 2, heads, -1).permute(2, 0, 3, 1, 4)
-        q = None
-    else:
-        q, k, v = torch.addmm(w[3], h, w[2]).view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    keys, values = cache["k"][layer], cache["v"][layer]
-    keys[:, :, n0 : n0 + N] = k
-    values[:, :, n0 : n0 + N] = v
-    if q is None:
         return None
     n1w, n1b, qkvw, qkvb, pw, pb, n2w, n2b, f1w, f1b, f2w, f2b = w
-    a = F.scaled_dot_product_attention(q, keys[:, :, : n0 + N], values[:, :, : n0 + N]).transpose(1, 2).reshape(B * N, -1)
+    a = F.scaled_dot_product_attention(qkv[0], keys, values).transpose(1, 2).reshape(B * N, -1)
     x = x + torch.addmm(pb, a, pw).view(B, N, width)
-    h = F.gelu(torch.addmm(f1b, F.layer_norm(x, (width,), n2w, n2b).view(-1, width), f1w))
+    h = F.silu(torch.addmm(f1b, F.layer_norm(x, (width,), n2w, n2b).view(-1, width), f1w))
     return x + torch.addmm(f2b, h, f2w).view(B, N, width)
 
 
@@ -231,12 +227,27 @@ class Transformer(nn.Module):
         if weights is None:
             return None
         B, C, _ = obs.shape
-        shape = (B, self.heads, C + extra, self.inner // self.heads)
-        cache = {"n": C, "weights": weights, "k": [obs.new_empty(shape) for _ in weights], "v": [obs.new_empty(shape) for _ in weights]}
+        shape = (2, B, self.heads, C + extra, self.inner // self.heads)  # keys and values
+        cache = {"n": 0, "weights": weights, "kv": [obs.new_empty(shape) for _ in weights], "views": {}}
         x = obs
-        for i, (w_obs, _) in enumerate(weights):
-            x = _fast_stream(x, w_obs, self.heads, cache, i, 0)
+        for w_obs, views in zip((w for w, _ in weights), self._cache_views(cache, C)):
+            x = _fast_stream(x, w_obs, self.heads, views)
+        cache["n"] = C
         return cache
+
+    @staticmethod
+    def _cache_views(cache: dict, rows: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per block: where ``rows`` new tokens write their keys/values, and all keys/values they see.
+
+        Memoized per (position, rows): every denoising step writes the same slots, and slicing
+        tensors costs as much as a small kernel at these sizes.
+        """
+        n0 = cache["n"]
+        views = cache["views"].get((n0, rows))
+        if views is None:
+            n1 = n0 + rows
+            views = cache["views"][(n0, rows)] = [(kv[:, :, :, n0:n1], kv[0, :, :, :n1], kv[1, :, :, :n1]) for kv in cache["kv"]]
+        return views
 
     def infer(self, act: torch.Tensor, cache: dict, advance: bool = True) -> torch.Tensor:
         """Action features (B, N, Da) of action tokens ``act`` (B, N, Da) against a :meth:`prefix_cache`.
@@ -245,12 +256,11 @@ class Transformer(nn.Module):
         keys/values (causal decoding: the next call's tokens see them, never the reverse);
         ``advance=False`` lets the next call overwrite them (the chunk of one denoising step).
         """
-        n0 = cache["n"]
         x = act
-        for i, (_, w_act) in enumerate(cache["weights"]):
-            x = _fast_stream(x, w_act, self.heads, cache, i, n0)
+        for (_, w_act), views in zip(cache["weights"], self._cache_views(cache, act.shape[1])):
+            x = _fast_stream(x, w_act, self.heads, views)
         if advance:
-            cache["n"] = n0 + act.shape[1]
+            cache["n"] += act.shape[1]
         return F.layer_norm(x, (x.shape[-1],), self.norm.weight, self.norm.bias)
 
 
@@ -576,9 +586,13 @@ class ChunkPolicy(nn.Module):
         for cam in self.config.cameras:
             batch[image_key(cam)] = torch.from_numpy(np.stack(images[cam]))
         was_training = self.training
-        self.eval()
-        actions = self.sample_actions(batch)
-        self.train(was_training)
+        if was_training:  # (toggling walks every module: skipped when already in eval mode)
+            self.eval()
+        try:
+            actions = self.sample_actions(batch)
+        finally:
+            if was_training:
+                self.train()
         raw = self.unnormalize(actions.float(), self._embodiment_index(names)).cpu().numpy()
         emb = self.embodiments[names[0]]
         return emb.clip_actions(raw[..., : emb.action_dim]).astype(np.float32)
