@@ -118,17 +118,27 @@ def test_finetune_variants(variant, workdir):
     assert load_policy(path).predict_chunk(_obs()).shape == (1, 16, 3)
 
 
-def test_ddp_two_processes_end_identical(workdir):
-    out = workdir / "ddp"
+def _torchrun_train(workdir, out, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "lbm.cli",
-           "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--steps", "4",
-           "--batch-size", "8", "--precision", "fp32", "--threads", "1", "--no-tensorboard", "--val-every", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+           "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--batch-size", "8",
+           "--precision", "fp32", "--threads", "1", "--no-tensorboard", "--val-every", "0", *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    state = json.loads((out / "checkpoint" / "trainer" / "state.json").read_text())
+    return json.loads((out / "checkpoint" / "trainer" / "state.json").read_text())
+
+
+def test_ddp_two_processes_end_identical_and_resume_exactly(workdir):
+    state = _torchrun_train(workdir, workdir / "ddp", "--steps", "4")
     assert state["world_size"] == 2 and len(state["rank_weight_digests"]) == 2
     assert state["rank_weight_digests"][0] == state["rank_weight_digests"][1]
+    # Stopped by the time limit after its first step, then resumed: every rank restores its own
+    # noise stream, so the weights equal the uninterrupted run's (rank 0's stream on both would not).
+    assert _torchrun_train(workdir, workdir / "ddp-resumed", "--steps", "4", "--max-minutes", "1e-9")["step"] == 1
+    resumed = _torchrun_train(workdir, workdir / "ddp-resumed", "--steps", "4", "--resume")
+    assert resumed["rank_weight_digests"] == state["rank_weight_digests"]
+    a = load_file(str(workdir / "ddp" / "checkpoint" / "trainer" / "model.safetensors"))
+    b = load_file(str(workdir / "ddp-resumed" / "checkpoint" / "trainer" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(workdir, monkeypatch):

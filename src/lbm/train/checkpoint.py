@@ -89,8 +89,13 @@ def save_checkpoint(
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
     extra_state: dict[str, Any] | None = None,
+    rank_rng: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder at ``path`` (atomically replacing an older one)."""
+    """Write a complete checkpoint folder at ``path`` (atomically replacing an older one).
+
+    ``rank_rng``: the RNG states of every DDP rank (each draws its own noise); without it, this
+    process's state is saved.
+    """
     from lbm.data.normalize import save_stats
 
     path = Path(path)
@@ -116,9 +121,7 @@ def save_checkpoint(
         _save_tensors(ema.state_dict(), tmp / "trainer" / "ema.safetensors")
         tensors, meta = optimizer_to_tensors(optimizer)
         _save_tensors(tensors, tmp / "trainer" / "optimizer.safetensors", meta)
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
+        rng = {f"{name}.rank{r}": t for r, states in enumerate(rank_rng or [rng_state()]) for name, t in states.items()}
         _save_tensors(rng, tmp / "trainer" / "rng.safetensors")
         (tmp / "trainer" / "state.json").write_text(json.dumps({"step": int(step), **(extra_state or {})}, indent=1))
     old = path.with_name(path.name + ".old")
@@ -130,6 +133,25 @@ def save_checkpoint(
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states (CPU, and CUDA when present), as saved in ``trainer/rng.safetensors``."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng(path: str | Path, rank: int) -> None:
+    """Restore the RNG states ``rank`` had when the checkpoint at ``path`` was saved."""
+    rng = _load_tensors(Path(path) / "trainer" / "rng.safetensors")
+    if f"torch.rank{rank}" not in rng:
+        saved = sorted({int(k.rsplit("rank", 1)[1]) for k in rng})
+        raise LbmError(f"{path} holds the RNG states of ranks {saved}, not of rank {rank}; resume with the number of processes it was trained with.")
+    torch.set_rng_state(rng[f"torch.rank{rank}"])
+    if f"cuda.rank{rank}" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"])
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:

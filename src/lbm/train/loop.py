@@ -197,10 +197,10 @@ def train(config: TrainConfig) -> Path:
 
         with safe_open(str(ckpt_dir / "trainer" / "optimizer.safetensors"), framework="pt") as f:
             ckpt.optimizer_from_tensors(optimizer, {k: f.get_tensor(k) for k in f.keys()}, f.metadata())
-        rng = ckpt._load_tensors(ckpt_dir / "trainer" / "rng.safetensors")
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        if int(state.get("world_size", 1)) != world:
+            raise LbmError(f"{ckpt_dir} was trained by {state.get('world_size', 1)} process(es) and is resumed by {world}; resume with "
+                           f"the same number (each process's batch slice and noise stream are part of the schedule).")
+        ckpt.restore_rng(ckpt_dir, rank)
         start = int(state["step"])
         if start >= config.steps:
             if main:
@@ -263,9 +263,17 @@ def train(config: TrainConfig) -> Path:
             losses = [float(ema.compute_loss(b)[0]) for b in val_batches]
         return float(np.mean(losses))
 
-    def save(step: int) -> Path:
-        return ckpt.save_checkpoint(ckpt_dir, model=model, ema=ema, stats=stats, train_config=config, step=step,
-                                    optimizer=optimizer, extra_state={"world_size": world})
+    def save(step: int) -> None:
+        """Checkpoint (a collective under DDP: every rank's RNG state goes into it; only rank 0 writes)."""
+        rank_rng = [ckpt.rng_state()]
+        if world > 1:
+            import torch.distributed as dist
+
+            rank_rng = [None] * world
+            dist.all_gather_object(rank_rng, ckpt.rng_state())
+        if main:
+            ckpt.save_checkpoint(ckpt_dir, model=model, ema=ema, stats=stats, train_config=config, step=step,
+                                 optimizer=optimizer, extra_state={"world_size": world}, rank_rng=rank_rng)
 
     # ---- the loop ------------------------------------------------------------------------------------
     from tqdm import tqdm
@@ -315,12 +323,12 @@ def train(config: TrainConfig) -> Path:
             last_val = validate()
             if last_val is not None:
                 log(step, {"val/loss": last_val})
-        if main and (step % config.save_every == 0 or step == config.steps):
+        if step % config.save_every == 0 or step == config.steps:
             save(step)
         bar.update(1)
         if config.max_minutes and step < config.steps and _all_agree(time.perf_counter() - t0 > 60 * config.max_minutes, world, device):
+            save(step)
             if main:
-                save(step)
                 print(f"[lbm train] time limit of {config.max_minutes} min reached at step {step}; saved. Continue with --resume.")
             break
     bar.close()
