@@ -118,6 +118,20 @@ def test_finetune_variants(variant, workdir):
     assert load_policy(path).predict_chunk(_obs()).shape == (1, 16, 3)
 
 
+def test_finetune_keeps_checkpoint_architecture_and_says_what_it_ignores(workdir, capsys):
+    pre = workdir / "rt-flow" / "checkpoint"
+    if not pre.exists():
+        pre = train(_cfg(workdir, "flow", name="rt-flow"))
+    pre_policy = json.loads((pre / "config.json").read_text())["policy"]
+    policy = dataclasses.replace(get_preset("tiny-flow").policy, dropout=0.1, d_model=96, flow_steps=3)
+    cfg = _cfg(workdir, name="ft-overrides", steps=2, mode="finetune", policy=policy,
+               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre)))
+    out = json.loads((train(cfg) / "config.json").read_text())["policy"]
+    assert out == {**pre_policy, "dropout": 0.1}  # a training-time field applies; architecture and sampling do not
+    said = capsys.readouterr().out
+    assert "not applied" in said and "d_model=96 (checkpoint: 64)" in said and "flow_steps=3 (checkpoint: 10)" in said
+
+
 def _torchrun_train(workdir, out, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "lbm.cli",
            "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--batch-size", "8",

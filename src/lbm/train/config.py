@@ -75,7 +75,8 @@ class TrainConfig:
     mode: Literal["pretrain", "finetune", "scratch"] = "pretrain"
     """'pretrain' (many tasks), 'finetune' (from --finetune.init-from), 'scratch' (random init, any data)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    """Policy architecture (in mode 'finetune' the checkpoint's architecture is used)."""
+    """Policy architecture. In mode 'finetune' the checkpoint's config is used, except the training-time
+    fields dropout and crop_fraction, which come from this run (differing fields are listed at start)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     optim: OptimConfig = field(default_factory=OptimConfig)

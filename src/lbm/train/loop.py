@@ -85,6 +85,11 @@ def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes))])
 
 
+FINETUNE_TRAINING_FIELDS = ("dropout", "crop_fraction")
+"""Policy fields a finetuning run sets itself; every other field (architecture, normalization,
+sampling) is the pretrained checkpoint's."""
+
+
 def train(config: TrainConfig) -> Path:
     """Train a policy as ``config`` says; returns the checkpoint folder (OUT_DIR/checkpoint)."""
     from lbm.data.dataset import EpisodeDataset
@@ -124,7 +129,13 @@ def train(config: TrainConfig) -> Path:
         if not config.finetune.init_from:
             raise LbmError("Mode 'finetune' needs a pretrained checkpoint: pass --finetune.init-from runs/NAME/checkpoint.")
         init = ckpt.read_checkpoint_config(config.finetune.init_from)
-    policy_cfg = config_from_json(init["policy"]) if init else config.policy
+    policy_cfg = config.policy
+    if init:
+        policy_cfg = dataclasses.replace(config_from_json(init["policy"]), **{f: getattr(config.policy, f) for f in FINETUNE_TRAINING_FIELDS})
+        ignored = [f"{f.name}={getattr(config.policy, f.name)!r} (checkpoint: {getattr(policy_cfg, f.name)!r})"
+                   for f in dataclasses.fields(policy_cfg) if getattr(config.policy, f.name) != getattr(policy_cfg, f.name)]
+        if ignored and main:
+            print(f"[lbm train] finetuning keeps the checkpoint's policy config; not applied: {', '.join(ignored)}")
     embodiments: dict[str, Embodiment] = {}
     stats: dict[str, dict[str, Any]] = {}
     for ds in datasets:
