@@ -132,6 +132,21 @@ def test_finetune_keeps_checkpoint_architecture_and_says_what_it_ignores(workdir
     assert "not applied" in said and "d_model=96 (checkpoint: 64)" in said and "flow_steps=3 (checkpoint: 10)" in said
 
 
+def test_wandb_logging_offline_or_a_clear_error(workdir, monkeypatch):
+    cfg = _cfg(workdir, name="wb", steps=10, wandb="lbm-test")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(LbmError, match=r"pip install 'lbm\[wandb\]'"):
+            train(cfg)
+        return
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(cfg)
+    logged = list((workdir / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert logged and logged[0].stat().st_size > 0
+
+
 def _torchrun_train(workdir, out, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "lbm.cli",
            "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--batch-size", "8",

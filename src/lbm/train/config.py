@@ -105,6 +105,9 @@ class TrainConfig:
     """Continue OUT_DIR/checkpoint bit-for-bit (same schedule, data order and noise)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to OUT_DIR/tb (metrics.jsonl is always written)."""
+    wandb: str = ""
+    """Also log the scalars to this Weights & Biases project (needs `pip install wandb`; without a network set
+    WANDB_MODE=offline and `wandb sync` the OUT_DIR/wandb folder later). Empty: off."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     max_minutes: float = 0.0

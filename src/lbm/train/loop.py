@@ -85,6 +85,17 @@ def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes))])
 
 
+def _start_wandb(config: TrainConfig, out_dir: Path) -> Any:
+    """A Weights & Biases run logging the same scalars as metrics.jsonl (resumed runs continue it)."""
+    try:
+        import wandb
+    except ImportError:
+        raise LbmError("--wandb needs the wandb package: pip install 'lbm[wandb]' (or drop --wandb; metrics.jsonl and TensorBoard are always written).") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=config.wandb, name=config.name, id=f"{config.name}-{config.seed}", resume="allow",
+                      dir=str(out_dir), config=dataclasses.asdict(config))
+
+
 FINETUNE_TRAINING_FIELDS = ("dropout", "crop_fraction")
 """Policy fields a finetuning run sets itself; every other field (architecture, normalization,
 sampling) is the pretrained checkpoint's."""
@@ -248,6 +259,7 @@ def train(config: TrainConfig) -> Path:
             except ImportError:
                 writer = None
     metrics_file = (out_dir / "metrics.jsonl").open("a") if main else None
+    wandb_run = _start_wandb(config, out_dir) if main and config.wandb else None
 
     def log(step: int, scalars: dict[str, float]) -> None:
         if not main:
@@ -257,6 +269,8 @@ def train(config: TrainConfig) -> Path:
         if writer is not None:
             for k, v in scalars.items():
                 writer.add_scalar(k, v, step)
+        if wandb_run is not None:
+            wandb_run.log(scalars, step=step)
 
     val_batches = None
     if val_data is not None and len(val_data):
@@ -371,4 +385,6 @@ def train(config: TrainConfig) -> Path:
         metrics_file.close()
         if writer is not None:
             writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
     return ckpt_dir
