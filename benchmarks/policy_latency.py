@@ -8,15 +8,19 @@ the pre-optimization code kept as ``_sample_reference``, fast path = ``_sample``
 thread count) is timed *interleaved* in one loop, the order rotating every repeat, and the medians are
 reported with their ratio to the reference at the same thread count. Both paths run through the
 same ``predict_chunk`` (observation history, normalization, clipping). The 1-min load average at the
-start and end of the run is written with the figures. Prints a table and writes JSON.
+start and end of the run is written with the figures. Each family runs in a fresh process, so its
+peak RSS (inference only) is its own; the bare runtime's is written beside it. Prints a table and
+writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -53,6 +57,28 @@ def measure(policy, batch: int, repeats: int, threads: list[int], cameras=()) ->
     return {k: float(np.median(v) * 1000) for k, v in times.items()}
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_family(family: str, size: str, repeats: int, threads: list[int], compile_: bool) -> dict:
+    """Latency of one family at batch 1 and 16 (and compiled at batch 1), and the process's peak RSS."""
+    cache = InstructionCache({"reach the goal": np.ones(384, np.float32) / np.sqrt(384)}, use_user_cache=False)
+    torch.manual_seed(0)
+    policy = build_policy(policy_config(family, size), [EMB], STATS, cache).eval()
+    row: dict = {"family": family, "size": size, "params": sum(p.numel() for p in policy.parameters())}
+    for b in (1, 16):
+        n = repeats if family != "discrete" or b == 1 else max(2, repeats // 5)
+        row[f"b{b}"] = {"repeats": n, "load_1min": _load(), **measure(policy, b, n, threads)}
+    if compile_:
+        torch.set_num_threads(max(threads))
+        policy.expert = torch.compile(policy.expert, dynamic=True)
+        policy._sample = policy._sample_reference
+        row["ref_compiled_b1_ms"] = measure(policy, 1, repeats, [max(threads)])["ref_t%d" % max(threads)]
+    row["peak_rss_mb"] = _peak_rss_mb()
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="policy_latency.json")
@@ -63,22 +89,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to compare")
     args = ap.parse_args()
     size, repeats = ("tiny", 3) if args.quick else (args.size, args.repeats)
-    cache = InstructionCache({"reach the goal": np.ones(384, np.float32) / np.sqrt(384)}, use_user_cache=False)
     load_start = _load()
     results = []
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # the runtime alone (python, torch, lbm imported)
+        baseline = pool.submit(_peak_rss_mb).result()
     for family in POLICIES:
-        torch.manual_seed(0)
-        policy = build_policy(policy_config(family, size), [EMB], STATS, cache).eval()
-        row: dict = {"family": family, "size": size, "params": sum(p.numel() for p in policy.parameters())}
-        for b in (1, 16):
-            n = repeats if family != "discrete" or b == 1 else max(2, repeats // 5)
-            row[f"b{b}"] = {"repeats": n, "load_1min": _load(), **measure(policy, b, n, args.threads)}
-        if args.compile:
-            torch.set_num_threads(max(args.threads))
-            policy.expert = torch.compile(policy.expert, dynamic=True)
-            policy._sample = policy._sample_reference
-            row["ref_compiled_b1_ms"] = measure(policy, 1, repeats, [max(args.threads)])["ref_t%d" % max(args.threads)]
-        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process: the peak RSS is this family's
+            row = pool.submit(run_family, family, size, repeats, args.threads, args.compile).result()
         results.append(row)
         print(json.dumps(row))
     print(f"\n{'family':10s} {'batch':>5s} {'threads':>7s} {'ref ms':>8s} {'fast ms':>8s} {'fast/ref':>8s}")
@@ -92,7 +110,7 @@ def main() -> None:
     load_end = _load()
     with open(args.out, "w") as f:
         json.dump({"threads": args.threads, "loadavg_1min_start": load_start, "loadavg_1min_end": load_end,
-                   "results": results}, f, indent=1)
+                   "runtime_rss_mb": baseline, "results": results}, f, indent=1)
     print(f"wrote {args.out} (1-min load average: {load_start} at start, {load_end} at end; median of "
           f"{repeats} interleaved rounds)")
 

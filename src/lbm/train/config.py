@@ -100,7 +100,7 @@ class TrainConfig:
     save_every: int = 500
     """Steps between checkpoints (always one at the end)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """'auto': bf16 autocast on CUDA with bf16 or CPUs with avx512_bf16, else fp32."""
+    """'auto': bf16 autocast on CUDA with bf16 support, else fp32 (on CPUs bf16 autocast is slower here)."""
     resume: bool = False
     """Continue OUT_DIR/checkpoint bit-for-bit (same schedule, data order and noise)."""
     tensorboard: bool = True
