@@ -50,7 +50,7 @@ class ContinuousHead(nn.Module):
         T = self.chunk_pos.shape[0]
         w_in, b_in = self.action_in_w[e], self.action_in_b[e][:, None] + self.chunk_pos  # (B, Amax, Da), (B, T, Da)
         w_out, b_out = self.action_out_w[e], self.action_out_b[e][:, None]
-        times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))[:, None]  # (steps, 1, D)
+        times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))[:, None]  # (steps, 1, Da)
         cache = expert.prefix_cache(cond, T)
         keep = bool(getattr(policy, "keep_features", False))
 

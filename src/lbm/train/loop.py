@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,11 @@ def _start_wandb(config: TrainConfig, out_dir: Path) -> Any:
     except ImportError:
         raise LbmError("--wandb needs the wandb package: pip install 'lbm[wandb]' (or drop --wandb; metrics.jsonl and TensorBoard are always written).") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=config.wandb, name=config.name, id=f"{config.name}-{config.seed}", resume="allow",
-                      dir=str(out_dir), config=dataclasses.asdict(config))
+    id_file = out_dir / "wandb_run_id.txt"
+    run_id = id_file.read_text().strip() if config.resume and id_file.is_file() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=config.wandb, name=config.name, id=run_id, resume="allow", dir=str(out_dir),
+                      config=dataclasses.asdict(config))
 
 
 FINETUNE_TRAINING_FIELDS = ("dropout", "crop_fraction")
