@@ -27,13 +27,13 @@ class PolicyConfig:
     history: int = 2
     """H: observation steps fed to the policy (the newest last)."""
     d_model: int = 256
-    """D: width of every token."""
+    """D: width of the observation tokens, and of attention in both streams (heads x head width)."""
     num_layers: int = 4
     """Transformer blocks of the action expert (each has an observation and an action stream)."""
     num_heads: int = 4
     """Attention heads per block."""
     ff_dim: int = 1024
-    """Hidden width of each block's MLP."""
+    """Hidden width of the observation stream's MLP."""
     action_d_model: int = 128
     """Da: width of the action tokens' stream (pi0's smaller action expert). The observation tokens
     go through the network once per chunk at width ``d_model``; the action tokens go through it at
