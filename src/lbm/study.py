@@ -116,7 +116,7 @@ class StudyConfig:
 
 
 PROFILES: dict[str, StudyConfig] = {
-    # The default of `make quickstart`: about 16 minutes on an idle 2-core CPU, data included.
+    # The default of `make quickstart`: about 13 minutes on an idle 2-core CPU, data included.
     "quick": StudyConfig(
         name="quick",
         pretrain_tasks="ml45-train",
