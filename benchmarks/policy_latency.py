@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from _fresh_process import in_fresh_process, peak_rss_mb, runtime_peak_rss_mb
 
 from lbm.policies import POLICIES, InstructionCache, build_policy, policy_config
 from lbm.schema import Embodiment, Observation
@@ -57,9 +55,6 @@ def measure(policy, batch: int, repeats: int, threads: list[int], cameras=()) ->
     return {k: float(np.median(v) * 1000) for k, v in times.items()}
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def run_family(family: str, size: str, repeats: int, threads: list[int], compile_: bool) -> dict:
     """Latency of one family at batch 1 and 16 (and compiled at batch 1), and the process's peak RSS."""
@@ -75,7 +70,7 @@ def run_family(family: str, size: str, repeats: int, threads: list[int], compile
         policy.expert = torch.compile(policy.expert, dynamic=True)
         policy._sample = policy._sample_reference
         row["ref_compiled_b1_ms"] = measure(policy, 1, repeats, [max(threads)])["ref_t%d" % max(threads)]
-    row["peak_rss_mb"] = _peak_rss_mb()
+    row["peak_rss_mb"] = peak_rss_mb()
     return row
 
 
@@ -91,12 +86,9 @@ def main() -> None:
     size, repeats = ("tiny", 3) if args.quick else (args.size, args.repeats)
     load_start = _load()
     results = []
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # the runtime alone (python, torch, lbm imported)
-        baseline = pool.submit(_peak_rss_mb).result()
+    baseline = runtime_peak_rss_mb()
     for family in POLICIES:
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process: the peak RSS is this family's
-            row = pool.submit(run_family, family, size, repeats, args.threads, args.compile).result()
+        row = in_fresh_process(run_family, family, size, repeats, args.threads, args.compile)
         results.append(row)
         print(json.dumps(row))
     print(f"\n{'family':10s} {'batch':>5s} {'threads':>7s} {'ref ms':>8s} {'fast ms':>8s} {'fast/ref':>8s}")

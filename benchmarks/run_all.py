@@ -27,7 +27,8 @@ def main() -> int:
     here = Path(__file__).parent
     results = here / "results"
     results.mkdir(exist_ok=True)
-    scripts = sorted(p for p in here.glob("*.py") if p.stem != "run_all" and p.stem not in NEEDS_CHECKPOINT)
+    # (modules starting with "_" are helpers shared by benchmarks, not benchmarks)
+    scripts = sorted(p for p in here.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_") and p.stem not in NEEDS_CHECKPOINT)
     failed, timings = [], []
     for script in scripts:
         cmd = [sys.executable, str(script), "--out", str(results / f"{script.stem}.json")] + (["--quick"] if args.quick else [])

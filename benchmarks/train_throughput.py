@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from _fresh_process import in_fresh_process, peak_rss_mb, runtime_peak_rss_mb
 
 from lbm.policies import InstructionCache, build_policy, policy_config
 from lbm.schema import Embodiment
@@ -60,9 +58,6 @@ def measure(family: str, size: str, cams: tuple[str, ...], bf16: bool, B: int, s
             "samples_per_s": float(B / np.median(times)), "peak_rss_mb": peak_rss_mb()}
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -75,13 +70,10 @@ def main() -> None:
     args = ap.parse_args()
     size, steps, B = ("tiny", 3, 8) if args.quick else (args.size, 10, args.batch)
     results = []
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # the runtime alone (python, torch, lbm imported)
-        baseline = pool.submit(peak_rss_mb).result()
+    baseline = runtime_peak_rss_mb()
     for cams in ((), ("corner",)):
         for bf16 in (False, True):
-            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                row = pool.submit(measure, args.family, size, cams, bf16, B, steps, args.threads, 32 if args.quick else 96).result()
+            row = in_fresh_process(measure, args.family, size, cams, bf16, B, steps, args.threads, 32 if args.quick else 96)
             results.append(row)
             print(json.dumps(row))
     load = open("/proc/loadavg").read().split()[0]
