@@ -12,13 +12,29 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: quickstart test test-slow test-interop bench bench-quick system-deps install clean
+# The CPU build of torch (its local version label says so). Where no local wheel provides it, point
+# pip at PyTorch's CPU index: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC  ?= torch==2.13.0+cpu
+TORCH_INDEX ?=
+
+.PHONY: quickstart test lint format test-slow test-interop bench bench-quick system-deps install clean
 
 quickstart: install
-	$(BIN)/lbm study --profile quick
+	$(BIN)/lbm study quick
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+# ruff (format and lint), pyright (basic on src/, strict on the contracts and lbm.stats), import-linter (layers).
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks client
+	$(BIN)/ruff check src tests benchmarks client
+	$(BIN)/pyright
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff format src tests benchmarks client
+	$(BIN)/ruff check --fix src tests benchmarks client
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
@@ -46,11 +62,13 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml | system-deps
+$(STAMP): pyproject.toml client/pyproject.toml | system-deps
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch first, so that nothing below can pull a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	# The CPU build of torch first, so that nothing below can pull a CUDA build.
+	$(BIN)/pip install -q '$(TORCH_SPEC)' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	# The thin client (its own distribution in ./client), which lbm depends on, then lbm itself.
+	$(BIN)/pip install -q -e ./client
 	$(BIN)/pip install -q -e '.[all]'
 	touch $(STAMP)
 

@@ -26,13 +26,16 @@ def main() -> None:
     results = {"tasks": tasks, "episodes_per_task": per_task, "cameras": list(cams), "image_size": args.image_size}
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            s = generate_demos(tasks, per_task, Path(tmp) / "d", cameras=cams, image_size=args.image_size,
-                               workers=workers, progress=False)
+            s = generate_demos(
+                tasks, per_task, Path(tmp) / "d", cameras=cams, image_size=args.image_size, workers=workers, progress=False
+            )
         # Includes process start-up and env construction: what a user waits for.
         results[f"workers_{workers}_episodes_per_min"] = 60 * (s.episodes + len(s.failed_episodes)) / s.seconds
         results[f"workers_{workers}_frames_per_s"] = s.frames / s.seconds
-        print(f"workers={workers}: {results[f'workers_{workers}_episodes_per_min']:.1f} episodes/min, "
-              f"{results[f'workers_{workers}_frames_per_s']:.0f} frames/s ({s.seconds:.1f} s)")
+        print(
+            f"workers={workers}: {results[f'workers_{workers}_episodes_per_min']:.1f} episodes/min, "
+            f"{results[f'workers_{workers}_frames_per_s']:.0f} frames/s ({s.seconds:.1f} s)"
+        )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -54,12 +54,13 @@ def main() -> None:
             label = "images_96px" if cams else "state_only"
             n = samples if not cams else samples // 4
             idx = rng.integers(0, len(w), n)
-            results[f"{label}_samples_per_s"] = _rate(lambda k: [w[int(i)] for i in idx[:k]], n)
+            results[f"{label}_samples_per_s"] = _rate(lambda k, w=w, idx=idx: [w[int(i)] for i in idx[:k]], n)
             batch = 64
-            loader = torch.utils.data.DataLoader(w, batch_size=batch, shuffle=True, collate_fn=collate_windows,
-                                                 num_workers=0, drop_last=True)
+            loader = torch.utils.data.DataLoader(
+                w, batch_size=batch, shuffle=True, collate_fn=collate_windows, num_workers=0, drop_last=True
+            )
 
-            def run(k: int, loader=loader) -> None:
+            def run(k: int, loader=loader, batch=batch) -> None:
                 seen = 0
                 while seen < k:
                     for _ in loader:

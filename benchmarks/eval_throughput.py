@@ -49,8 +49,16 @@ def raw_expert(tasks: list[str], trials: int) -> dict:
         env.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = len(tasks) * trials
-    return dict(wall_s=wall, cpu_s=cpu, env_build_s=build_s, env_steps=steps, trials=n, successes=successes,
-                steps_per_s=steps / wall, trials_per_min=60 * n / wall)
+    return dict(
+        wall_s=wall,
+        cpu_s=cpu,
+        env_build_s=build_s,
+        env_steps=steps,
+        trials=n,
+        successes=successes,
+        steps_per_s=steps / wall,
+        trials_per_min=60 * n / wall,
+    )
 
 
 def runner(policies: list[str], tasks: list[str], trials: int, workers: int, envs: int, max_steps: int | None) -> dict:
@@ -59,16 +67,33 @@ def runner(policies: list[str], tasks: list[str], trials: int, workers: int, env
     from lbm.eval.stats import load_records
 
     with tempfile.TemporaryDirectory() as d:
-        config = EvalConfig(tasks=",".join(tasks), trials=trials, workers=workers, envs_per_worker=envs,
-                            max_steps=max_steps, out=Path(d) / "ev", progress=False)
+        config = EvalConfig(
+            tasks=",".join(tasks),
+            trials=trials,
+            workers=workers,
+            envs_per_worker=envs,
+            max_steps=max_steps,
+            out=Path(d) / "ev",
+            progress=False,
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         summary = run_evaluation(policies, config)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0  # cpu: this process only
         df = load_records(Path(d) / "ev" / "records.parquet")
     n = summary.total
-    return dict(wall_s=wall, cpu_s=cpu, env_build_s=summary.env_build_s, env_steps=summary.env_steps, trials=n, successes=int(df["success"].sum()),
-                steps_per_s=summary.env_steps / wall, trials_per_min=60 * n / wall,
-                latency_ms_mean=float(np.nanmean(df["latency_ms"])), workers=workers, envs_per_worker=envs)
+    return dict(
+        wall_s=wall,
+        cpu_s=cpu,
+        env_build_s=summary.env_build_s,
+        env_steps=summary.env_steps,
+        trials=n,
+        successes=int(df["success"].sum()),
+        steps_per_s=summary.env_steps / wall,
+        trials_per_min=60 * n / wall,
+        latency_ms_mean=float(np.nanmean(df["latency_ms"])),
+        workers=workers,
+        envs_per_worker=envs,
+    )
 
 
 def fresh_checkpoint(path: Path, tasks: list[str], size: str = "small") -> Path:
@@ -153,13 +178,17 @@ def main() -> None:
     for key, r in results.items():
         if isinstance(r, dict):
             lat = f"{r['latency_ms_mean']:.2f}" if "latency_ms_mean" in r else "-"
-            print(f"{key:<28}{r['steps_per_s']:>10.0f}{r['trials_per_min']:>12.1f}{r['wall_s']:>9.1f}"
-                  f"{r['successes']:>5}/{r['trials']:<4}{lat:>12}")
-    print(f"runner overhead over raw stepping, expert (target < 25%): 1 env/wave {100 * results['overhead_vs_raw_cpu']:+.1f}% "
-          f"in CPU time, {100 * results['overhead_vs_raw']:+.1f}% "
-          f"end to end, {100 * results['overhead_vs_raw_steady']:+.1f}% without env construction; 8 envs/wave "
-          f"{100 * results['overhead_vs_raw_batched']:+.1f}% end to end, "
-          f"{100 * results['overhead_vs_raw_batched_steady']:+.1f}% without env construction")
+            print(
+                f"{key:<28}{r['steps_per_s']:>10.0f}{r['trials_per_min']:>12.1f}{r['wall_s']:>9.1f}"
+                f"{r['successes']:>5}/{r['trials']:<4}{lat:>12}"
+            )
+    print(
+        f"runner overhead over raw stepping, expert (target < 25%): 1 env/wave {100 * results['overhead_vs_raw_cpu']:+.1f}% "
+        f"in CPU time, {100 * results['overhead_vs_raw']:+.1f}% "
+        f"end to end, {100 * results['overhead_vs_raw_steady']:+.1f}% without env construction; 8 envs/wave "
+        f"{100 * results['overhead_vs_raw_batched']:+.1f}% end to end, "
+        f"{100 * results['overhead_vs_raw_batched_steady']:+.1f}% without env construction"
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")

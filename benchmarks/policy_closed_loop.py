@@ -78,9 +78,22 @@ def main() -> None:
         print(f"{t:28s} {sum(v)}/{len(v)}")
     print(f"\npooled: {k}/{n} = {k / n:.3f} (95% Clopper-Pearson [{lo:.3f}, {hi:.3f}])")
     with open(args.out, "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "trials_per_task": args.trials, "max_steps": args.max_steps, "execute": args.execute,
-                   "per_task": {t: [bool(x) for x in v] for t, v in results.items()}, "successes": k, "episodes": n,
-                   "rate": k / n, "ci95": [lo, hi], "seconds": time.perf_counter() - t0}, f, indent=1)
+        json.dump(
+            {
+                "checkpoint": args.checkpoint,
+                "trials_per_task": args.trials,
+                "max_steps": args.max_steps,
+                "execute": args.execute,
+                "per_task": {t: [bool(x) for x in v] for t, v in results.items()},
+                "successes": k,
+                "episodes": n,
+                "rate": k / n,
+                "ci95": [lo, hi],
+                "seconds": time.perf_counter() - t0,
+            },
+            f,
+            indent=1,
+        )
     print(f"wrote {args.out}")
 
 

@@ -28,7 +28,9 @@ def main() -> int:
     results = here / "results"
     results.mkdir(exist_ok=True)
     # (modules starting with "_" are helpers shared by benchmarks, not benchmarks)
-    scripts = sorted(p for p in here.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_") and p.stem not in NEEDS_CHECKPOINT)
+    scripts = sorted(
+        p for p in here.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_") and p.stem not in NEEDS_CHECKPOINT
+    )
     failed, timings = [], []
     for script in scripts:
         cmd = [sys.executable, str(script), "--out", str(results / f"{script.stem}.json")] + (["--quick"] if args.quick else [])

@@ -26,18 +26,32 @@ from pathlib import Path
 
 import numpy as np
 
-SEEN = ("coffee-pull-v3", "handle-pull-v3", "basketball-v3", "coffee-push-v3", "pick-place-v3", "push-v3", "sweep-v3",
-        "drawer-open-v3")
-UNSEEN = ("pick-out-of-hole-v3", "pick-place-wall-v3", "assembly-v3", "plate-slide-back-v3", "window-close-v3",
-          "dial-turn-v3")
+SEEN = (
+    "coffee-pull-v3",
+    "handle-pull-v3",
+    "basketball-v3",
+    "coffee-push-v3",
+    "pick-place-v3",
+    "push-v3",
+    "sweep-v3",
+    "drawer-open-v3",
+)
+UNSEEN = ("pick-out-of-hole-v3", "pick-place-wall-v3", "assembly-v3", "plate-slide-back-v3", "window-close-v3", "dial-turn-v3")
 
 
 def run_eval(args) -> None:
     from lbm.eval.runner import EvalConfig, run_evaluation
 
-    config = EvalConfig(tasks=",".join(args.seen + args.unseen), shifts=args.shifts, trials=args.trials,
-                        out=Path(args.eval_dir), workers=args.workers, seed=args.seed, features=True,
-                        action_samples=args.action_samples)
+    config = EvalConfig(
+        tasks=",".join(args.seen + args.unseen),
+        shifts=args.shifts,
+        trials=args.trials,
+        out=Path(args.eval_dir),
+        workers=args.workers,
+        seed=args.seed,
+        features=True,
+        action_samples=args.action_samples,
+    )
     run_evaluation([f"pre={args.checkpoint}"], config)
 
 
@@ -78,17 +92,30 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="eval seed; also calibration split and detector seed")
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--epochs", type=int, default=80)
-    ap.add_argument("--calibration-fraction", type=float, default=0.7,
-                    help="share of seen successes held out for the band (it needs >= 9 in its own calibration half at alpha=0.1)")
+    ap.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.7,
+        help="share of seen successes held out for the band (it needs >= 9 in its own calibration half at alpha=0.1)",
+    )
     ap.add_argument("--skip-eval", action="store_true", help="only analyse an existing --eval-dir")
     ap.add_argument("--out", default="benchmarks/safety_detector.json")
     args = ap.parse_args()
     args.seen, args.unseen = args.seen.split(","), args.unseen.split(",")
     import torch
 
-    from lbm.safety.failure import (ActionVarianceDetector, ConformalBand, DetectorConfig, KNNDetector, LSTMDetector,
-                                    MahalanobisDetector, MLPDetector, TimeoutDetector, cut_to_shortest_success,
-                                    evaluate_detector)
+    from lbm.safety.failure import (
+        ActionVarianceDetector,
+        ConformalBand,
+        DetectorConfig,
+        KNNDetector,
+        LSTMDetector,
+        MahalanobisDetector,
+        MLPDetector,
+        TimeoutDetector,
+        cut_to_shortest_success,
+        evaluate_detector,
+    )
 
     torch.set_num_threads(1)
     if not args.skip_eval:
@@ -110,17 +137,29 @@ def main() -> None:
     calib = sorted(rng.permutation(ok)[: int(round(args.calibration_fraction * len(ok)))].tolist())
     train = [i for i in range(len(tr_f)) if i not in set(calib)]
     figures: dict = {
-        "checkpoint": args.checkpoint, "eval_dir": args.eval_dir, "alpha": args.alpha, "seed": args.seed,
-        "seen_tasks": args.seen, "unseen_tasks": args.unseen, "shifts": args.shifts, "trials": args.trials,
-        "action_samples": args.action_samples, "feature_dim": int(tr_f[0].shape[1]),
+        "checkpoint": args.checkpoint,
+        "eval_dir": args.eval_dir,
+        "alpha": args.alpha,
+        "seed": args.seed,
+        "seen_tasks": args.seen,
+        "unseen_tasks": args.unseen,
+        "shifts": args.shifts,
+        "trials": args.trials,
+        "action_samples": args.action_samples,
+        "feature_dim": int(tr_f[0].shape[1]),
         "seen": {"rollouts": len(tr_f), "successes": int(sum(tr_s)), "train": len(train), "calibration": len(calib)},
         "unseen": {"rollouts": len(te_f), "successes": int(sum(te_s))},
         "unseen_cut_length_mean": float(np.mean([len(f) for f in te_f])),
         "detectors": {},
     }
     cfg = DetectorConfig(epochs=args.epochs, seed=args.seed)
-    detectors = {"SAFE-MLP": MLPDetector(cfg), "SAFE-LSTM": LSTMDetector(cfg), "Mahalanobis": MahalanobisDetector(),
-                 "k-NN (k=5)": KNNDetector(), "timeout": TimeoutDetector()}
+    detectors = {
+        "SAFE-MLP": MLPDetector(cfg),
+        "SAFE-LSTM": LSTMDetector(cfg),
+        "Mahalanobis": MahalanobisDetector(),
+        "k-NN (k=5)": KNNDetector(),
+        "timeout": TimeoutDetector(),
+    }
     if has_var:
         detectors[f"action variance (K={args.action_samples})"] = ActionVarianceDetector()
     for name, det in detectors.items():
@@ -135,22 +174,33 @@ def main() -> None:
         t = time.perf_counter()
         for _ in range(100):
             det.score(x)
-        result.update(latency_ms_per_step=1000 * (time.perf_counter() - t) / 100, fit_s=fit_s, band_q=band.q,
-                      n_calibration=band.n_calibration, calib_false_alarm_in_sample=seen_res["false_alarm_rate"])
+        result.update(
+            latency_ms_per_step=1000 * (time.perf_counter() - t) / 100,
+            fit_s=fit_s,
+            band_q=band.q,
+            n_calibration=band.n_calibration,
+            calib_false_alarm_in_sample=seen_res["false_alarm_rate"],
+        )
         figures["detectors"][name] = result
 
     s, u = figures["seen"], figures["unseen"]
-    print(f"seen: {s['rollouts']} rollouts ({s['successes']} successes; {s['train']} train, {s['calibration']} calibration "
-          f"successes); unseen: {u['rollouts']} rollouts ({u['successes']} successes); alpha={args.alpha}; "
-          f"features {figures['feature_dim']}-D")
-    print("| detector | ROC-AUC (max-so-far) | false alarms at alpha (95% CP) | detection rate (95% CP) | "
-          "lead time, median (mean) steps | ms/step |")
+    print(
+        f"seen: {s['rollouts']} rollouts ({s['successes']} successes; {s['train']} train, {s['calibration']} calibration "
+        f"successes); unseen: {u['rollouts']} rollouts ({u['successes']} successes); alpha={args.alpha}; "
+        f"features {figures['feature_dim']}-D"
+    )
+    print(
+        "| detector | ROC-AUC (max-so-far) | false alarms at alpha (95% CP) | detection rate (95% CP) | "
+        "lead time, median (mean) steps | ms/step |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in figures["detectors"].items():
-        print(f"| {name} | {r['roc_auc']:.3f} | {r['false_alarm_rate']:.3f} [{r['false_alarm_low']:.3f}, "
-              f"{r['false_alarm_high']:.3f}] | {r['detection_rate']:.3f} [{r['detection_low']:.3f}, "
-              f"{r['detection_high']:.3f}] | {r['lead_time_median_steps']:.0f} ({r['lead_time_steps']:.1f}) | "
-              f"{r['latency_ms_per_step']:.3f} |")
+        print(
+            f"| {name} | {r['roc_auc']:.3f} | {r['false_alarm_rate']:.3f} [{r['false_alarm_low']:.3f}, "
+            f"{r['false_alarm_high']:.3f}] | {r['detection_rate']:.3f} [{r['detection_low']:.3f}, "
+            f"{r['detection_high']:.3f}] | {r['lead_time_median_steps']:.0f} ({r['lead_time_steps']:.1f}) | "
+            f"{r['latency_ms_per_step']:.3f} |"
+        )
     with open(args.out, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"wrote {args.out}")

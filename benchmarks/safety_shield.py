@@ -82,8 +82,9 @@ def main() -> None:
         guard.check(r["text"])
     figures["guard_cached_ms_per_instruction"] = 1000.0 * (time.perf_counter() - t) / len(rows)
     result = evaluate_guard(guard, rows)
-    figures["redteam"] = {k: {kk: vv for kk, vv in v.items() if kk != "misses"} if isinstance(v, dict) else v
-                          for k, v in result.items()}
+    figures["redteam"] = {
+        k: {kk: vv for kk, vv in v.items() if kk != "misses"} if isinstance(v, dict) else v for k, v in result.items()
+    }
 
     for k, v in figures.items():
         print(f"{k:36s} {json.dumps(v) if isinstance(v, dict) else (f'{v:.4f}' if isinstance(v, float) else v)}")

@@ -41,10 +41,15 @@ def main() -> None:
                 env.reset(seed=0)
         per_env_step = 1000 * (time.perf_counter() - start) / (16 * reps // 4)
         env.close()
-        figures[task] = {"twin_ms_per_16_step_chunk": per_chunk, "twin_ms_per_step": per_chunk / 16,
-                         "env_ms_per_step": per_env_step}
-        print(f"{task:16s} twin {per_chunk:7.2f} ms per 16-step chunk ({per_chunk / 16:.3f} ms/step); "
-              f"one real env step {per_env_step:.3f} ms")
+        figures[task] = {
+            "twin_ms_per_16_step_chunk": per_chunk,
+            "twin_ms_per_step": per_chunk / 16,
+            "env_ms_per_step": per_env_step,
+        }
+        print(
+            f"{task:16s} twin {per_chunk:7.2f} ms per 16-step chunk ({per_chunk / 16:.3f} ms/step); "
+            f"one real env step {per_env_step:.3f} ms"
+        )
     with open(args.out, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"wrote {args.out}")

@@ -37,7 +37,9 @@ def _server_main(ckpt: str, threads: int, max_batch: int, max_wait_ms: float, po
     from lbm.train import load_policy
 
     torch.set_num_threads(threads)
-    server = PolicyServer(load_policy(ckpt), ServerConfig(port=0, max_batch=max_batch, max_wait_ms=max_wait_ms, metrics_every_s=0))
+    server = PolicyServer(
+        load_policy(ckpt), ServerConfig(port=0, max_batch=max_batch, max_wait_ms=max_wait_ms, metrics_every_s=0)
+    )
     server.start()
     port_q.put(server.port)
     stop_ev.wait()
@@ -149,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         url = f"ws://127.0.0.1:{port_q.get(timeout=120)}"
         from tqdm import tqdm
 
-        results = [run_level(url, c, requests, args.max_seconds, INSTRUCTION) for c in tqdm(levels, desc="load levels", file=sys.stderr)]
+        results = [
+            run_level(url, c, requests, args.max_seconds, INSTRUCTION) for c in tqdm(levels, desc="load levels", file=sys.stderr)
+        ]
     finally:
         stop_ev.set()
         proc.join(15)
@@ -168,14 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_p50_ms_paired": one["overhead_ms"]["p50"],
         "target_p50_overhead_ms": 2.0,
     }
-    print(f"in-process predict_chunk (B=1, flow-{size}): p50 {inproc['p50']:.2f} ms  p95 {inproc['p95']:.2f}  p99 {inproc['p99']:.2f}")
+    print(
+        f"in-process predict_chunk (B=1, flow-{size}): p50 {inproc['p50']:.2f} ms  p95 {inproc['p95']:.2f}  p99 "
+        f"{inproc['p99']:.2f}"
+    )
     print(f"{'clients':>7} {'req':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'ovh p50':>8}")
     for r in results:
         lat = r["latency_ms"]
         mb = "-" if r["mean_batch_size"] is None else f"{r['mean_batch_size']:.2f}"
-        print(f"{r['clients']:>7} {r['requests']:>5} {r['throughput_rps']:>8.1f} {lat['p50']:>8.2f} {lat['p95']:>8.2f} {lat['p99']:>8.2f} {mb:>6} {r['overhead_ms']['p50']:>8.2f}")
-    print(f"transport overhead at 1 client, p50: {figures['overhead_p50_ms_paired']:.2f} ms paired per request "
-          f"({figures['overhead_p50_ms_vs_in_process']:.2f} ms vs in-process p50); target < 2 ms")
+        print(
+            f"{r['clients']:>7} {r['requests']:>5} {r['throughput_rps']:>8.1f} {lat['p50']:>8.2f} {lat['p95']:>8.2f} "
+            f"{lat['p99']:>8.2f} {mb:>6} {r['overhead_ms']['p50']:>8.2f}"
+        )
+    print(
+        f"transport overhead at 1 client, p50: {figures['overhead_p50_ms_paired']:.2f} ms paired per request "
+        f"({figures['overhead_p50_ms_vs_in_process']:.2f} ms vs in-process p50); target < 2 ms"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -16,20 +16,29 @@ import time
 
 import numpy as np
 import torch
-from _fresh_process import in_fresh_process, peak_rss_mb, runtime_peak_rss_mb
 
+from _fresh_process import in_fresh_process, peak_rss_mb, runtime_peak_rss_mb
 from lbm.policies import InstructionCache, build_policy, policy_config
 from lbm.schema import Embodiment
 
 EMB = Embodiment("metaworld-sawyer", 39, 4, (-1.0,) * 4, (1.0,) * 4, cameras=("corner",))
-STATS = {EMB.name: {"observation.state": {"mean": np.zeros(39), "std": np.ones(39)},
-                    "action": {"q01": -np.ones(4), "q99": np.ones(4), "mean": np.zeros(4), "std": np.ones(4)}}}
+STATS = {
+    EMB.name: {
+        "observation.state": {"mean": np.zeros(39), "std": np.ones(39)},
+        "action": {"q01": -np.ones(4), "q99": np.ones(4), "mean": np.zeros(4), "std": np.ones(4)},
+    }
+}
 
 
 def batch(B: int, cameras: tuple[str, ...], image: int) -> dict:
-    b = {"observation.state": torch.randn(B, 2, 39), "observation.state_is_pad": torch.zeros(B, 2, dtype=torch.bool),
-         "action": torch.rand(B, 16, 4) * 2 - 1, "action_is_pad": torch.zeros(B, 16, dtype=torch.bool),
-         "task": ["reach the goal"] * B, "embodiment": [EMB.name] * B}
+    b = {
+        "observation.state": torch.randn(B, 2, 39),
+        "observation.state_is_pad": torch.zeros(B, 2, dtype=torch.bool),
+        "action": torch.rand(B, 16, 4) * 2 - 1,
+        "action_is_pad": torch.zeros(B, 16, dtype=torch.bool),
+        "task": ["reach the goal"] * B,
+        "embodiment": [EMB.name] * B,
+    }
     for c in cameras:
         b[f"observation.images.{c}"] = torch.randint(0, 255, (B, 2, image, image, 3), dtype=torch.uint8)
     return b
@@ -53,10 +62,17 @@ def measure(family: str, size: str, cams: tuple[str, ...], bf16: bool, B: int, s
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t)
-    return {"family": family, "size": size, "obs": "state+96px" if cams else "state", "precision": "bf16" if bf16 else "fp32",
-            "batch": B, "params": sum(p.numel() for p in model.parameters()), "ms_per_step": float(np.median(times) * 1000),
-            "samples_per_s": float(B / np.median(times)), "peak_rss_mb": peak_rss_mb()}
-
+    return {
+        "family": family,
+        "size": size,
+        "obs": "state+96px" if cams else "state",
+        "precision": "bf16" if bf16 else "fp32",
+        "batch": B,
+        "params": sum(p.numel() for p in model.parameters()),
+        "ms_per_step": float(np.median(times) * 1000),
+        "samples_per_s": float(B / np.median(times)),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def main() -> None:
@@ -78,7 +94,9 @@ def main() -> None:
             print(json.dumps(row))
     load = open("/proc/loadavg").read().split()[0]
     with open(args.out, "w") as f:
-        json.dump({"threads": args.threads, "loadavg_1min": float(load), "runtime_rss_mb": baseline, "results": results}, f, indent=1)
+        json.dump(
+            {"threads": args.threads, "loadavg_1min": float(load), "runtime_rss_mb": baseline, "results": results}, f, indent=1
+        )
     print(f"wrote {args.out} (1-min load average during the run: {load}; peak RSS of the bare runtime: {baseline:.0f} MB)")
 
 

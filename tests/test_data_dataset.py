@@ -203,16 +203,22 @@ def _rewrite_data(root, fn):
 
 def _plant(root, defect):
     if defect == "nan":
+
         def f(df):
             df.at[3, STATE] = np.where(np.arange(5) == 1, np.nan, df.at[3, STATE]).astype(np.float32)
+
         _rewrite_data(root, f)
     elif defect == "action_bounds":
+
         def f(df):
             df.at[2, ACTION] = np.array([1.5, 0.0], np.float32)
+
         _rewrite_data(root, f)
     elif defect == "index":
+
         def f(df):
             df.loc[4, "frame_index"] = 7
+
         _rewrite_data(root, f)
     elif defect == "files":
         (root / "meta/tasks.parquet").unlink()

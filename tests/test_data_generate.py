@@ -41,8 +41,24 @@ def test_generate_state_only_two_tasks(tmp_path):
 
 def test_generate_with_a_small_camera_through_the_cli(tmp_path, capsys):
     out = tmp_path / "cam"
-    rc = main(["data", "generate", "--tasks", "reach", "--episodes-per-task", "2", "--out", str(out),
-               "--cameras", "corner", "--image-size", "32", "--workers", "2"])
+    rc = main(
+        [
+            "data",
+            "generate",
+            "--tasks",
+            "reach",
+            "--episodes-per-task",
+            "2",
+            "--out",
+            str(out),
+            "--cameras",
+            "corner",
+            "--image-size",
+            "32",
+            "--workers",
+            "2",
+        ]
+    )
     assert rc == 0 and "reach-v3" in capsys.readouterr().out
     ds = EpisodeDataset(out)
     assert ds.cameras == ("corner",)

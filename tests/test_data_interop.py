@@ -41,8 +41,14 @@ pytestmark = pytest.mark.interop
 LEROBOT = "0.4.4"
 TORCH, TORCHVISION = "2.9.1", "0.24.1"  # on disk for Python 3.11 on x86_64 (CUDA build, runs on CPU) and aarch64
 DEPS = [  # what ``lerobot.datasets.lerobot_dataset`` imports, with LeRobot's own bounds
-    "datasets>=4,<5", "huggingface-hub>=0.34.2,<0.36", "accelerate>=1.10,<2", "av>=15,<16",
-    "packaging>=24.2,<26", "pandas", "pyarrow", "pillow",
+    "datasets>=4,<5",
+    "huggingface-hub>=0.34.2,<0.36",
+    "accelerate>=1.10,<2",
+    "av>=15,<16",
+    "packaging>=24.2,<26",
+    "pandas",
+    "pyarrow",
+    "pillow",
 ]
 NEEDED_FREE_GB = 12  # the venv is ~7 GB on x86_64, plus pip's unpacking
 EMB = Embodiment("toy-arm", 5, 2, (-1, -1), (1, 1), cameras=("cam",), control_hz=10)
@@ -66,16 +72,28 @@ def _pip(python: Path, *args: str, constraints: Path) -> None:
 def _probe(python: Path) -> str:
     """'' when LeRobot's dataset class imports in ``python``, else the last line of the error."""
     r = subprocess.run(
-        [str(python), "-c", "import torchvision.io; torchvision.io.VideoReader; "
-                            "from lerobot.datasets.lerobot_dataset import LeRobotDataset"],
-        capture_output=True, text=True, timeout=300, env={**_offline_env(python.parent), "PYTHONWARNINGS": "ignore"},
+        [
+            str(python),
+            "-c",
+            "import torchvision.io; torchvision.io.VideoReader; from lerobot.datasets.lerobot_dataset import LeRobotDataset",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_offline_env(python.parent), "PYTHONWARNINGS": "ignore"},
     )
     return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
 
 
 def _offline_env(home: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HF_HOME": str(home / "hf"),
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +135,14 @@ def lerobot_python() -> Path:
 def _run(python: Path, code: str, home: Path) -> dict:
     """Run ``code`` in the LeRobot venv, offline; it prints one JSON object as its last line."""
     home.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=900,
-                       env={**_offline_env(home), "PYTHONWARNINGS": "ignore"}, cwd=home)
+    r = subprocess.run(
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**_offline_env(home), "PYTHONWARNINGS": "ignore"},
+        cwd=home,
+    )
     assert r.returncode == 0, f"LeRobot side failed:\n{r.stderr[-4000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -169,7 +193,9 @@ def test_lerobot_reads_our_dataset(tmp_path, lerobot_python, video):
             w.add_episode(s, a, task, images={"cam": img})
             states.append(s), actions.append(a)
     cam = image_key("cam")
-    code = DUMP + f"""
+    code = (
+        DUMP
+        + f"""
 import json, numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 ds = LeRobotDataset("local/ours", root={str(root)!r}, video_backend="pyav")
@@ -185,6 +211,7 @@ for i in (5, 6, 18):
                            "cam_is_pad": it[{cam!r} + "_is_pad"].tolist()}}
 print(json.dumps(meta))
 """
+    )
     meta = _run(lerobot_python, code, tmp_path / "home")
     got = np.load(tmp_path / "lerobot.npz")
     n = sum(lengths)
@@ -238,7 +265,9 @@ def test_we_read_a_dataset_lerobot_wrote(tmp_path, lerobot_python, split):
     # Split: LeRobot starts a new data/video/episode file for every episode, and a new chunk folder
     # every 2 files (what a large recording looks like), so files and chunks roll over mid-dataset.
     settings = "ds.meta.update_chunk_settings(chunks_size=2, data_files_size_in_mb=1e-9, video_files_size_in_mb=1e-9)"
-    code = DUMP + f"""
+    code = (
+        DUMP
+        + f"""
 import json, numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 features = {{"observation.state": {{"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]}},
@@ -263,6 +292,7 @@ ds.finalize()
 print(json.dumps(dump(LeRobotDataset("local/theirs", root={str(root)!r}, video_backend="pyav"),
                       {str(tmp_path / "lerobot.npz")!r})))
 """
+    )
     meta = _run(lerobot_python, code, tmp_path / "home")
     ref = np.load(tmp_path / "lerobot.npz")
     n = sum(lengths)
@@ -270,8 +300,10 @@ print(json.dumps(dump(LeRobotDataset("local/theirs", root={str(root)!r}, video_b
         assert len(list((root / "data").glob("*/*.parquet"))) == 3 and (root / "data" / "chunk-001").is_dir()
         assert len(list((root / "videos" / "observation.images.front").glob("*/*.mp4"))) == 3
         assert len(list((root / "meta" / "episodes").glob("*/*.parquet"))) > 1
-    assert json.loads((root / "meta" / "info.json").read_text())["features"]["observation.images.front"]["info"][
-        "video.codec"] == "av1"  # LeRobot's default, as on the Hub
+    assert (
+        json.loads((root / "meta" / "info.json").read_text())["features"]["observation.images.front"]["info"]["video.codec"]
+        == "av1"
+    )  # LeRobot's default, as on the Hub
 
     ours = EpisodeDataset(root)
     assert (ours.num_episodes, ours.num_frames, ours.fps) == (meta["episodes"], meta["len"], float(meta["fps"])) == (3, n, 15.0)

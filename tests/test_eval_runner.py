@@ -19,16 +19,11 @@ import pytest
 import lbm.sim
 from lbm.errors import LbmError
 from lbm.eval import records as rec_mod
+from lbm.eval.manifest import audit_blinding, read_blinding
 from lbm.eval.runner import EvalConfig, run_evaluation
-from lbm.eval.schedule import (
-    PolicySpec,
-    audit_blinding,
-    blind_ids,
-    make_schedule,
-    parse_policy_specs,
-    read_blinding,
-    split_shift_conditions,
-)
+from lbm.eval.runner.sources import PolicySpec, parse_policy_specs
+from lbm.eval.schedule import blind_ids, make_schedule, split_shift_conditions
+from lbm.policies.base import Chunk, ChunkRequest, Policy
 from lbm.schema import Embodiment, Observation
 
 EMB = Embodiment("fake-1d", state_dim=2, action_dim=1, action_low=(-0.2,), action_high=(0.2,))
@@ -104,34 +99,44 @@ def fake_sim(monkeypatch):
 
 
 class NamedSpy:
-    """A trained-policy stand-in that records the batches it is called with."""
+    """A trained-policy stand-in (the Policy contract) that records the batches and seeds it is called with."""
+
+    embodiments = {EMB.name: EMB}
+    horizon, history, execute_steps = 4, 1, None
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
-        self.resets = 0
+        self.seeds: list[int | None] = []
 
-    def reset(self, slots=None) -> None:
-        self.resets += 1
+    def describe(self) -> dict:
+        return {"family": type(self).__name__, "cameras": []}
 
-    def predict_chunk(self, observations):
-        self.batch_sizes.append(len(observations))
+    def reset(self, seed=None):
+        self.seeds.append(seed)
+        return seed
+
+    def actions(self, observations) -> np.ndarray:
         goal_minus_x = np.array([o.state[1] - o.state[0] for o in observations], np.float32)
         return np.clip(goal_minus_x, -0.2, 0.2)[:, None, None].repeat(4, axis=1)
 
+    def predict_chunk(self, observations, states, request=ChunkRequest()):
+        self.batch_sizes.append(len(observations))
+        return Chunk(self.actions(observations), tuple(states))
+
 
 class Crashing(NamedSpy):
-    def predict_chunk(self, observations):
+    def actions(self, observations):
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
 class Sleepy(NamedSpy):
-    def predict_chunk(self, observations):
+    def actions(self, observations):
         time.sleep(0.05)
         return np.zeros((len(observations), 4, 1), np.float32)  # never reaches the goal: only the clock ends it
 
 
 class NaNPolicy(NamedSpy):
-    def predict_chunk(self, observations):
+    def actions(self, observations):
         return np.full((len(observations), 2, 1), np.nan, np.float32)
 
 
@@ -158,10 +163,16 @@ def ckpts(tmp_path):
     return made
 
 
-def cfg(tmp_path, **kw) -> EvalConfig:
-    base = dict(tasks="line-v0,line-far-v0", trials=3, out=tmp_path / "ev", envs_per_worker=4, progress=False)
+def cfg(tmp_path, policy=("expert",), **kw) -> EvalConfig:
+    base = dict(
+        policy=tuple(policy), tasks="line-v0,line-far-v0", trials=3, out=tmp_path / "ev", envs_per_worker=4, progress=False
+    )
     base.update(kw)
     return EvalConfig(**base)
+
+
+def test_the_spies_honour_the_policy_contract():
+    assert isinstance(NamedSpy(), Policy)
 
 
 def test_schedule_is_seeded_interleaved_and_complete():
@@ -199,8 +210,8 @@ def test_policy_specs_and_shift_conditions(tmp_path):
 
 
 def test_blind_run_pairs_batches_and_records(tmp_path, ckpts):
-    config = cfg(tmp_path, shifts="none,obs_noise:low")
-    summary = run_evaluation([f"mine={ckpts['spy']}", "oracle=expert", "chance=random"], config, loader=loader)
+    config = cfg(tmp_path, [f"mine={ckpts['spy']}", "oracle=expert", "chance=random"], shifts="none,obs_noise:low")
+    summary = run_evaluation(config, loader=loader)
     out = config.out
     assert summary.ran == summary.total == 3 * 2 * 2 * 3
     raw = rec_mod.records_frame(rec_mod.read_journal(out / rec_mod.JOURNAL_FILE))
@@ -215,8 +226,22 @@ def test_blind_run_pairs_batches_and_records(tmp_path, ckpts):
 
     df = rec_mod.load_records(out)
     assert set(df["policy"]) == {"mine", "oracle", "chance"}
-    assert set(df.columns) >= {"policy_id", "task", "shift", "trial", "seed", "success", "steps", "return",
-                               "duration_s", "failure_reason", "latency_ms", "execute_steps", "worker", "timestamp"}
+    assert set(df.columns) >= {
+        "policy_id",
+        "task",
+        "shift",
+        "trial",
+        "seed",
+        "success",
+        "steps",
+        "return",
+        "duration_s",
+        "failure_reason",
+        "latency_ms",
+        "execute_steps",
+        "worker",
+        "timestamp",
+    }
     # Paired: same seeds and identical initial states for every policy.
     seeds = df.pivot_table(index=["task", "shift", "trial"], columns="policy", values="seed")
     assert (seeds.nunique(axis=1) == 1).all()
@@ -234,26 +259,29 @@ def test_blind_run_pairs_batches_and_records(tmp_path, ckpts):
     assert (df.loc[df["policy"] == "oracle", "execute_steps"] == 1).all()
     assert df["latency_ms"].notna().all()
     assert (out / "records.parquet").exists()
+    # Each trial's policy noise is seeded from (task, shift, seed): the same for every policy, recorded.
+    assert df.groupby(["task", "shift", "trial"])["policy_seed"].nunique().eq(1).all()
+    assert set(SPIES["spy"].seeds) == set(df.loc[df["policy"] == "mine", "policy_seed"])
 
 
 def test_execute_steps_override_changes_requery_rate(tmp_path, ckpts):
-    run_evaluation([f"mine={ckpts['spy']}"], cfg(tmp_path, execute_steps=1), loader=loader)
+    run_evaluation(cfg(tmp_path, [f"mine={ckpts['spy']}"], execute_steps=1), loader=loader)
     df = rec_mod.load_records(tmp_path / "ev")
     assert (df["execute_steps"] == 1).all()
     assert (df["chunk_calls"] == df["steps"]).all()
 
 
 def test_resume_runs_exactly_the_missing_trials(tmp_path, ckpts):
-    specs = [f"mine={ckpts['spy']}", "oracle=expert"]
-    config = cfg(tmp_path)
-    run_evaluation(specs, config, loader=loader)
+    specs = (f"mine={ckpts['spy']}", "oracle=expert")
+    config = cfg(tmp_path, specs)
+    run_evaluation(config, loader=loader)
     journal = config.out / rec_mod.JOURNAL_FILE
     full = rec_mod.read_journal(journal)
     lines = journal.read_bytes().split(b"\n")
     # Simulate a kill mid-run: keep 5 complete records plus half of the sixth line.
     journal.write_bytes(b"\n".join(lines[:5]) + b"\n" + lines[5][: len(lines[5]) // 2])
     (config.out / "records.parquet").unlink()
-    summary = run_evaluation(specs, config, loader=loader)
+    summary = run_evaluation(config, loader=loader)
     assert summary.skipped == 5 and summary.ran == len(full) - 5
     again = rec_mod.read_journal(journal)
     assert len(again) == len(full)
@@ -261,22 +289,22 @@ def test_resume_runs_exactly_the_missing_trials(tmp_path, ckpts):
     assert sorted(map(key, again)) == sorted(map(key, full))
     assert [r["success"] for r in sorted(again, key=key)] == [r["success"] for r in sorted(full, key=key)]
     # Nothing left: a third run (policies given in another order) runs nothing.
-    assert run_evaluation(specs[::-1], config, loader=loader).ran == 0
+    assert run_evaluation(replace(config, policy=specs[::-1]), loader=loader).ran == 0
     # Different settings are refused, naming what differs.
     with pytest.raises(LbmError, match="trials"):
-        run_evaluation(specs, replace(config, trials=4), loader=loader)
+        run_evaluation(replace(config, trials=4), loader=loader)
     with pytest.raises(LbmError, match="policies"):
-        run_evaluation(["oracle=expert"], config, loader=loader)
+        run_evaluation(replace(config, policy=("oracle=expert",)), loader=loader)
     # A tampered mapping is detected.
     (config.out / "blinding.json").write_text((config.out / "blinding.json").read_text().replace("oracle", "mine2"))
     assert not audit_blinding(config.out)["ok"]
     with pytest.raises(LbmError, match="blinding"):
-        run_evaluation(specs, config, loader=loader)
+        run_evaluation(config, loader=loader)
 
 
 def test_crash_timeout_and_bad_actions_are_recorded_failures(tmp_path, ckpts):
     specs = [f"crash={ckpts['crash']}", f"nan={ckpts['nan']}", "oracle=expert"]
-    run_evaluation(specs, cfg(tmp_path), loader=loader)
+    run_evaluation(cfg(tmp_path, specs), loader=loader)
     df = rec_mod.load_records(tmp_path / "ev")
     assert len(df) == 3 * 2 * 3  # nothing dropped
     crash = df[df["policy"] == "crash"]
@@ -285,7 +313,7 @@ def test_crash_timeout_and_bad_actions_are_recorded_failures(tmp_path, ckpts):
     assert df.loc[df["policy"] == "oracle", "success"].all()  # other policies in the same waves are unaffected
     assert math.isnan(crash["latency_ms"].iloc[0])
 
-    run_evaluation([f"slow={ckpts['sleepy']}"], cfg(tmp_path, out=tmp_path / "t", trial_timeout_s=0.12), loader=loader)
+    run_evaluation(cfg(tmp_path, [f"slow={ckpts['sleepy']}"], out=tmp_path / "t", trial_timeout_s=0.12), loader=loader)
     df = rec_mod.load_records(tmp_path / "t")
     assert (~df["success"]).all() and df["failure_reason"].str.startswith("timeout").all()
     assert (df["steps"] < 40).all()
@@ -293,16 +321,16 @@ def test_crash_timeout_and_bad_actions_are_recorded_failures(tmp_path, ckpts):
 
 def test_bad_input_is_an_lbm_error(tmp_path, ckpts):
     with pytest.raises(LbmError, match="task"):
-        run_evaluation(["expert"], cfg(tmp_path, tasks="line-v0,nope"))
+        run_evaluation(cfg(tmp_path, tasks="line-v0,nope"))
     with pytest.raises(LbmError, match="shift"):
-        run_evaluation(["expert"], cfg(tmp_path, shifts="none,bogus:high"))
+        run_evaluation(cfg(tmp_path, shifts="none,bogus:high"))
     with pytest.raises(LbmError, match="trials"):
-        run_evaluation(["expert"], cfg(tmp_path, trials=0))
+        run_evaluation(cfg(tmp_path, trials=0))
     with pytest.raises(LbmError, match="cameras"):
-        run_evaluation(["expert"], cfg(tmp_path, video=True))
+        run_evaluation(cfg(tmp_path, video=True))
     with pytest.raises(LbmError, match="does not exist"):
-        run_evaluation(["mine=./no/such/ckpt"], cfg(tmp_path))
+        run_evaluation(cfg(tmp_path, ["mine=./no/such/ckpt"]))
     with pytest.raises(LbmError):  # records with no manifest: refuse rather than mix runs
         (tmp_path / "x").mkdir()
         (tmp_path / "x" / rec_mod.JOURNAL_FILE).write_text("")
-        run_evaluation(["expert"], cfg(tmp_path, out=tmp_path / "x"))
+        run_evaluation(cfg(tmp_path, out=tmp_path / "x"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from lbm.cli import main as lbm_main
 from lbm.errors import LbmError
 from lbm.eval import records as rec_mod
 from lbm.eval.runner import EvalConfig, run_evaluation
-from lbm.eval.schedule import PolicySpec
+from lbm.eval.runner.sources import PolicySpec
+from stub_policies import StubPolicy
 
 # Two tasks the scripted expert solves every time and uniform random actions essentially never
 # (measured: reach 0/5, drawer-open 0/5 at 200 steps).
@@ -20,9 +22,16 @@ EASY = "reach-v3,drawer-open-v3"
 
 
 def test_pairing_same_seeds_and_initial_conditions_under_shift(tmp_path):
-    config = EvalConfig(tasks=EASY, shifts="none,obs_noise:low", trials=2, max_steps=15, out=tmp_path / "ev",
-                        progress=False)
-    run_evaluation(["oracle=expert", "chance=random"], config)
+    config = EvalConfig(tasks=EASY, shifts="none,obs_noise:low", trials=2, max_steps=15, out=tmp_path / "ev", progress=False)
+    run_evaluation(
+        replace(
+            config,
+            policy=(
+                "oracle=expert",
+                "chance=random",
+            ),
+        )
+    )
     df = rec_mod.load_records(tmp_path / "ev")
     assert len(df) == 2 * 2 * 2 * 2
     per_cell = df.groupby(["task", "shift", "trial"]).agg(seeds=("seed", "nunique"), inits=("init_hash", "nunique"))
@@ -36,19 +45,43 @@ def test_pairing_same_seeds_and_initial_conditions_under_shift(tmp_path):
 
 def test_expert_near_perfect_random_near_zero(tmp_path):
     config = EvalConfig(tasks=EASY, trials=4, out=tmp_path / "ev", progress=False)
-    summary = run_evaluation(["oracle=expert", "chance=random"], config)
+    summary = run_evaluation(
+        replace(
+            config,
+            policy=(
+                "oracle=expert",
+                "chance=random",
+            ),
+        )
+    )
     df = rec_mod.load_records(tmp_path / "ev")
     rate = df.groupby("policy")["success"].mean()
     assert rate["oracle"] == 1.0
     assert rate["chance"] <= 0.125
     assert summary.env_steps == int(df["steps"].sum())
-    assert (df.loc[df.policy == "chance", "failure_reason"] == "max_steps").all()
+    assert (df.loc[(df.policy == "chance") & ~df.success, "failure_reason"] == "max_steps").all()
 
 
 def test_cli_end_to_end_expert_significantly_better(tmp_path, capsys):
     out = tmp_path / "ev"
-    code = lbm_main(["eval", "--policy", "oracle=expert", "--policy", "chance=random", "--tasks", EASY,
-                     "--trials", "8", "--out", str(out), "--jsonl", "--envs-per-worker", "16"])
+    code = lbm_main(
+        [
+            "eval",
+            "--policy",
+            "oracle=expert",
+            "--policy",
+            "chance=random",
+            "--tasks",
+            EASY,
+            "--trials",
+            "8",
+            "--out",
+            str(out),
+            "--jsonl",
+            "--envs-per-worker",
+            "16",
+        ]
+    )
     assert code == 0
     assert (out / "records.parquet").exists() and (out / "records.jsonl").exists()
     printed = capsys.readouterr().out
@@ -60,8 +93,27 @@ def test_cli_end_to_end_expert_significantly_better(tmp_path, capsys):
     agg = {p["a"]: p for p in result["aggregate"]["pairs"]}
     assert agg["oracle"]["significant"] and agg["oracle"]["b"] == "chance"
     # Rerunning the identical command resumes: nothing left to run.
-    assert lbm_main(["eval", "--policy", "oracle=expert", "--policy", "chance=random", "--tasks", EASY,
-                     "--trials", "8", "--out", str(out), "--jsonl", "--envs-per-worker", "16"]) == 0
+    assert (
+        lbm_main(
+            [
+                "eval",
+                "--policy",
+                "oracle=expert",
+                "--policy",
+                "chance=random",
+                "--tasks",
+                EASY,
+                "--trials",
+                "8",
+                "--out",
+                str(out),
+                "--jsonl",
+                "--envs-per-worker",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "0 run now" in capsys.readouterr().out
 
 
@@ -93,9 +145,10 @@ def test_video_written_for_camera_trials(tmp_path):
     from lbm.sim import METAWORLD_EMBODIMENT
 
     cam = METAWORLD_EMBODIMENT.cameras[0]
-    config = EvalConfig(tasks="reach-v3", trials=1, max_steps=6, cameras=(cam,), image_size=32, video=True,
-                        out=tmp_path / "ev", progress=False)
-    run_evaluation(["oracle=expert"], config)
+    config = EvalConfig(
+        tasks="reach-v3", trials=1, max_steps=6, cameras=(cam,), image_size=32, video=True, out=tmp_path / "ev", progress=False
+    )
+    run_evaluation(replace(config, policy=("oracle=expert",)))
     videos = list((tmp_path / "ev" / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].name.startswith("p-")  # blind file names
     with av.open(str(videos[0])) as container:
@@ -103,13 +156,10 @@ def test_video_written_for_camera_trials(tmp_path):
     assert len(frames) == 6 and frames[0].shape == (32, 32, 3) and np.std(frames[0]) > 1
 
 
-class _ExitOnPredict:
+class _ExitOnPredict(StubPolicy):
     """A policy whose process dies mid-rollout (a segfault stand-in)."""
 
-    def reset(self, slots=None):
-        pass
-
-    def predict_chunk(self, observations):
+    def actions(self, observations):
         os._exit(3)
 
 
@@ -122,9 +172,19 @@ def exit_loader(spec: PolicySpec, seed: int):
 def test_two_workers_and_a_crashing_worker(tmp_path):
     ckpt = tmp_path / "boom"
     ckpt.mkdir()
-    config = EvalConfig(tasks="reach-v3", trials=2, max_steps=120, workers=2, envs_per_worker=1,
-                        out=tmp_path / "ev", progress=False)
-    summary = run_evaluation(["oracle=expert", f"boom={ckpt}"], config, loader=exit_loader)
+    config = EvalConfig(
+        tasks="reach-v3", trials=2, max_steps=120, workers=2, envs_per_worker=1, out=tmp_path / "ev", progress=False
+    )
+    summary = run_evaluation(
+        replace(
+            config,
+            policy=(
+                "oracle=expert",
+                f"boom={ckpt}",
+            ),
+        ),
+        loader=exit_loader,
+    )
     assert summary.ran == 4
     df = rec_mod.load_records(tmp_path / "ev")
     assert len(df) == 4  # nothing dropped
@@ -137,7 +197,7 @@ def test_two_workers_and_a_crashing_worker(tmp_path):
 
 def test_unknown_records_id_is_refused(tmp_path):
     config = EvalConfig(tasks="reach-v3", trials=1, max_steps=3, out=tmp_path / "ev", progress=False)
-    run_evaluation(["oracle=expert"], config)
+    run_evaluation(replace(config, policy=("oracle=expert",)))
     path = tmp_path / "ev" / "blinding.json"
     data = json.loads(path.read_text())
     data["policies"] = {"p-0000": next(iter(data["policies"].values()))}
@@ -156,10 +216,15 @@ def _tiny_checkpoint(path, tasks):
 
     rng = np.random.default_rng(0)
     emb = METAWORLD_EMBODIMENT
-    stats = {emb.name: {STATE: StatsAccumulator().update(rng.normal(size=(256, emb.state_dim))).finalize(),
-                        ACTION: StatsAccumulator().update(rng.uniform(-1, 1, size=(256, emb.action_dim))).finalize()}}
-    cache = InstructionCache({get_task(t).instruction: rng.normal(size=384).astype(np.float32) for t in tasks},
-                             use_user_cache=False)
+    stats = {
+        emb.name: {
+            STATE: StatsAccumulator().update(rng.normal(size=(256, emb.state_dim))).finalize(),
+            ACTION: StatsAccumulator().update(rng.uniform(-1, 1, size=(256, emb.action_dim))).finalize(),
+        }
+    }
+    cache = InstructionCache(
+        {get_task(t).instruction: rng.normal(size=384).astype(np.float32) for t in tasks}, use_user_cache=False
+    )
     policy = build_policy(policy_config("flow", "tiny", horizon=8), [emb], stats, cache)
     save_checkpoint(path, model=policy, ema=policy, stats=stats, train_config={"note": "untrained"}, step=0)
     return path
@@ -169,7 +234,15 @@ def test_checkpoint_policy_is_batched_and_chunked(tmp_path):
     pytest.importorskip("lbm.train")
     ckpt = _tiny_checkpoint(tmp_path / "tiny", ["reach-v3", "drawer-open-v3"])
     config = EvalConfig(tasks=EASY, trials=3, max_steps=20, envs_per_worker=6, out=tmp_path / "ev", progress=False)
-    run_evaluation([f"net={ckpt}", "oracle=expert"], config)
+    run_evaluation(
+        replace(
+            config,
+            policy=(
+                f"net={ckpt}",
+                "oracle=expert",
+            ),
+        )
+    )
     df = rec_mod.load_records(tmp_path / "ev")
     net = df[df.policy == "net"]
     assert len(net) == 6 and (net.failure_reason == "max_steps").all()
@@ -177,19 +250,16 @@ def test_checkpoint_policy_is_batched_and_chunked(tmp_path):
     assert (net.chunk_calls == 3).all()  # 20 steps / 8 per chunk, rounded up
     assert (net.batch_size > 1).any() and net.latency_ms.gt(0).all()
     with pytest.raises(LbmError, match="does not exist"):
-        run_evaluation([f"net={tmp_path / 'nope'}"], config)
+        run_evaluation(replace(config, policy=(f"net={tmp_path / 'nope'}",)))
     broken = tmp_path / "broken"
     broken.mkdir()
     with pytest.raises(LbmError):
-        run_evaluation([f"net={broken}"], EvalConfig(tasks="reach-v3", trials=1, out=tmp_path / "ev2", progress=False))
+        run_evaluation(EvalConfig(policy=(f"net={broken}",), tasks="reach-v3", trials=1, out=tmp_path / "ev2", progress=False))
     assert not (tmp_path / "ev2" / "manifest.json").exists()  # nothing written for a run that cannot start
 
 
-class _Hang:
-    def reset(self, slots=None):
-        pass
-
-    def predict_chunk(self, observations):
+class _Hang(StubPolicy):
+    def actions(self, observations):
         import time
 
         time.sleep(10_000)  # a call that never returns: only the parent's watchdog can end it
@@ -205,9 +275,26 @@ def hang_loader(spec: PolicySpec, seed: int):
 def test_hung_worker_is_killed_and_its_trials_time_out(tmp_path):
     ckpt = tmp_path / "hang"
     ckpt.mkdir()
-    config = EvalConfig(tasks="reach-v3", trials=1, max_steps=50, workers=2, envs_per_worker=1, trial_timeout_s=1.0,
-                        out=tmp_path / "ev", progress=False)
-    run_evaluation(["oracle=expert", f"hang={ckpt}"], config, loader=hang_loader)
+    config = EvalConfig(
+        tasks="reach-v3",
+        trials=1,
+        max_steps=50,
+        workers=2,
+        envs_per_worker=1,
+        trial_timeout_s=1.0,
+        out=tmp_path / "ev",
+        progress=False,
+    )
+    run_evaluation(
+        replace(
+            config,
+            policy=(
+                "oracle=expert",
+                f"hang={ckpt}",
+            ),
+        ),
+        loader=hang_loader,
+    )
     df = rec_mod.load_records(tmp_path / "ev")
     hang = df[df.policy == "hang"]
     assert len(df) == 2 and hang.failure_reason.str.startswith("timeout: worker unresponsive").all()

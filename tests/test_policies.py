@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_policies_helpers import INSTRUCTIONS, write_tiny_dataset
 
 from lbm.errors import LbmError
-from lbm.policies import POLICIES, InstructionCache, build_policy, policy_config
+from lbm.policies import POLICIES, ChunkRequest, InstructionCache, Policy, build_policy, policy_config
 from lbm.schema import Observation
+from test_policies_helpers import INSTRUCTIONS, write_tiny_dataset
 
 torch.set_num_threads(1)  # the CPU is shared; one thread each is fastest under contention
 
@@ -54,8 +54,12 @@ def test_builds_finite_loss_and_bounded_chunks(family, cameras, data, cache):
     e = data.embodiment
     images = {"corner": np.zeros((32, 32, 3), np.uint8)} if cameras else {}
     obs = [Observation(np.full(e.state_dim, 5.0), images, INSTRUCTIONS[i % 2], e.name) for i in range(3)]
-    chunk = policy.predict_chunk(obs)
+    assert isinstance(policy, Policy)
+    result = policy.predict_chunk(obs, [policy.reset(i) for i in range(3)], ChunkRequest(features=True))
+    chunk = result.actions
     assert chunk.shape == (3, 16, e.action_dim) and chunk.dtype == np.float32
+    assert result.features.shape == (3, policy.config.action_d_model) and np.all(np.isfinite(result.features))
+    assert [s.calls for s in result.states] == [1, 1, 1] and all(len(s.history) == 1 for s in result.states)
     assert np.all(chunk >= np.array(e.action_low)) and np.all(chunk <= np.array(e.action_high))
 
 
@@ -88,34 +92,51 @@ def test_overfits_a_tiny_batch(family, data, cache):
 
 def _chunks(policy, batch):
     with torch.no_grad():
-        out = policy.sample_actions(batch)
-        e = policy._embodiment_index(batch["embodiment"])
+        out, _ = policy.sample_actions(batch)
+        e = policy.embodiment_index(batch["embodiment"])
         return policy.unnormalize(out, e).numpy()
 
 
-def test_history_slots_and_reset(data, cache):
-    policy = _policy("flow", data, cache, history=2).eval()
+def test_history_is_state_the_caller_owns(data, cache):
+    """History lives in the states predict_chunk returns, per slot: batch composition changes nothing."""
+    policy = _perturbed("flow", data, cache, history=2)
     e = data.embodiment
-    obs = Observation(np.zeros(e.state_dim), {}, INSTRUCTIONS[0], e.name)
-    policy.predict_chunk([obs, obs])
-    assert set(policy._slots) == {0, 1} and len(policy._slots[0]) == 1
-    policy.predict_chunk([obs, obs])
-    assert len(policy._slots[0]) == 2
-    policy.reset([0])
-    assert 0 not in policy._slots and len(policy._slots[1]) == 2
-    policy.reset()
-    assert not policy._slots
+    rng = np.random.default_rng(0)
+    obs = [Observation(rng.normal(size=e.state_dim), {}, INSTRUCTIONS[i % 2], e.name) for i in range(3)]
+    fresh = policy.reset(seed=5)
+    assert fresh.history == () and fresh.seed == 5 and fresh.calls == 0
+    first = policy.predict_chunk(obs[:2], [fresh, policy.reset(seed=6)])
+    assert [len(s.history) for s in first.states] == [1, 1] and fresh.history == ()  # states are values
+    second = policy.predict_chunk(obs[:2], first.states)
+    third = policy.predict_chunk(obs[:2], second.states)
+    assert [len(s.history) for s in third.states] == [2, 2]  # keeps the last H observations
+    assert third.states[0].history == (obs[0], obs[0])
+    # Seeded noise: slot 0 alone, or batched with other slots, gets exactly the same chunk.
+    alone = policy.predict_chunk(obs[:1], [first.states[0]]).actions[0]
+    batched = policy.predict_chunk([obs[2], obs[0]], [policy.reset(seed=9), first.states[0]]).actions[1]
+    np.testing.assert_allclose(alone, second.actions[0], atol=1e-6)
+    np.testing.assert_allclose(batched, second.actions[0], atol=1e-5)
+    # Another seed, or no seed, draws other noise.
+    other = policy.predict_chunk(obs[:1], [policy.reset(seed=7)]).actions[0]
+    assert np.abs(other - first.actions[0]).max() > 1e-4
+    with pytest.raises(LbmError, match="states"):
+        policy.predict_chunk(obs[:2], [fresh])
+    with pytest.raises(LbmError, match="reset"):
+        policy.predict_chunk(obs[:1], [None])
 
 
 def test_bad_inputs_are_actionable(data, cache):
     policy = _policy("flow", data, cache).eval()
     e = data.embodiment
+    one = [policy.reset()]
     with pytest.raises(LbmError, match="expects"):
-        policy.predict_chunk([Observation(np.zeros(e.state_dim + 1), {}, INSTRUCTIONS[0], e.name)])
+        policy.predict_chunk([Observation(np.zeros(e.state_dim + 1), {}, INSTRUCTIONS[0], e.name)], one)
     with pytest.raises(LbmError, match="unknown to this policy"):
-        policy.predict_chunk([Observation(np.zeros(e.state_dim), {}, INSTRUCTIONS[0], "other-robot")])
+        policy.predict_chunk([Observation(np.zeros(e.state_dim), {}, INSTRUCTIONS[0], "other-robot")], one)
     with pytest.raises(LbmError, match="camera"):
-        _policy("flow", data, cache, cameras=("corner",)).predict_chunk([Observation(np.zeros(e.state_dim), {}, INSTRUCTIONS[0], e.name)])
+        _policy("flow", data, cache, cameras=("corner",)).predict_chunk(
+            [Observation(np.zeros(e.state_dim), {}, INSTRUCTIONS[0], e.name)], one
+        )
     with pytest.raises(LbmError, match="No normalization stats"):
         build_policy(policy_config("flow", "tiny"), [e], {}, cache)
     with pytest.raises(LbmError, match="divisible"):
@@ -124,7 +145,7 @@ def test_bad_inputs_are_actionable(data, cache):
         policy_config("flw", "tiny")
     bad = dict(data.stats)
     bad["action"] = type(bad["action"])(**{**bad["action"].__dict__, "q01": np.full(e.action_dim, np.nan)})
-    with pytest.raises(LbmError, match="NaN"):
+    with pytest.raises(LbmError, match="not finite"):
         build_policy(policy_config("flow", "tiny"), [e], {e.name: bad}, cache)
 
 
@@ -147,17 +168,43 @@ def _perturbed(family, data, cache, scale=0.03, **kw):
 
 
 def _both_paths(policy, obs):
-    out, feats = [], []
-    policy.keep_features = True  # the failure monitor's features must match too
-    for sample in (type(policy)._sample, type(policy)._sample_reference):
-        policy.reset()
-        policy._sample = sample.__get__(policy)
-        torch.manual_seed(3)
-        out.append(np.concatenate([policy.predict_chunk(obs), policy.predict_chunk(obs)]))  # history filled
-        feats.append(policy.last_features.numpy())
-    del policy._sample, policy.keep_features
-    np.testing.assert_allclose(feats[0], feats[1], atol=1e-5, rtol=0)
-    return out
+    """Actions of the fast path (predict_chunk, twice: history filled) and of the reference loop for the same noise."""
+    states, chunks, last = [policy.reset(seed=i) for i in range(len(obs))], [], None
+    for _ in range(2):
+        last = policy.predict_chunk(obs, states, ChunkRequest(features=True))
+        states = list(last.states)
+        chunks.append(last.actions)
+    ref, ref_features = _reference_chunks(policy, obs)
+    np.testing.assert_allclose(last.features, ref_features, atol=1e-5, rtol=0)  # the failure monitor's features too
+    return np.concatenate(chunks), ref
+
+
+def _reference_chunks(policy, obs):
+    """The two chunks of :func:`_both_paths` through ``sample_actions(reference=True)`` with the same noise."""
+    from lbm.policies import ChunkState
+    from lbm.schema import STATE, STATE_PAD
+
+    H, chunks, features = policy.config.history, [], None
+    for call in range(2):
+        n = min(call + 1, H)
+        windows = [[o] * H for o in obs]  # the history holds the same observation: padding repeats it too
+        batch = {
+            STATE: torch.from_numpy(
+                np.stack(
+                    [np.stack([np.pad(o.state.astype(np.float32), (0, policy.S - o.state.shape[0])) for o in w]) for w in windows]
+                )
+            ),
+            STATE_PAD: torch.tensor([[j < H - n for j in range(H)] for _ in obs]),
+            "task": [o.instruction for o in obs],
+            "embodiment": [o.embodiment for o in obs],
+        }
+        noise = policy.initial_noise([ChunkState(seed=i, calls=call) for i in range(len(obs))])
+        actions, features = policy.sample_actions(batch, noise, reference=True)
+        e = policy.embodiment_index(batch["embodiment"])
+        emb = policy.embodiments[obs[0].embodiment]
+        raw = policy.unnormalize(actions.float(), e).numpy()[..., : emb.action_dim]
+        chunks.append(emb.clip_actions(raw))
+    return np.concatenate(chunks), features.numpy()
 
 
 @pytest.mark.parametrize("history", [1, 2])
@@ -179,7 +226,7 @@ def test_fast_sampling_equals_reference(family, history, data, cache):
     # paths' different op orders (each step agrees to 1e-5: test_continuous_sampler_matches_head).
     tol = 1e-4 if family == "diffusion" else 1e-5
     np.testing.assert_allclose(fast, ref, atol=tol, rtol=0)
-    # The fast path caches transposed weights: a weight update must invalidate them.
+    # The fast path caches transposed weights: an in-place weight update must invalidate them.
     with torch.no_grad():
         for p in policy.expert.parameters():
             p.mul_(1.5)
@@ -226,10 +273,12 @@ def test_continuous_sampler_matches_head(family, data, cache):
         p = policy.prepare(batch)
         cond = policy.encode(p)
         levels = torch.tensor([990.0, 500.0, 3.0])
-        predict = policy.head.sampler(policy, cond, levels, p["embodiment"])
+        predict = policy.head.sampler(policy.expert, cond, levels, p["embodiment"])
         for i, level in enumerate(levels):
             x = torch.randn(3, 16, policy.A)
-            ref = policy.head(policy.expert, cond, x, torch.full((3,), float(level)), p["embodiment"])
-            torch.testing.assert_close(predict(x, i), ref, atol=1e-5, rtol=0)
+            ref, ref_h = policy.head(policy.expert, cond, x, torch.full((3,), float(level)), p["embodiment"])
+            fast, fast_h = predict(x, i)
+            torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+            torch.testing.assert_close(fast_h, ref_h, atol=1e-5, rtol=0)
             assert ref.abs().max() > 0.1
     assert e.action_dim <= policy.A

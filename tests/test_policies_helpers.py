@@ -15,8 +15,15 @@ def tiny_embodiment(name: str = "toy-arm", state_dim: int = 6, action_dim: int =
     return Embodiment(name, state_dim, action_dim, (-1.0,) * action_dim, (1.0,) * action_dim, cameras=("corner",))
 
 
-def write_tiny_dataset(root: Path, *, episodes: int = 6, length: int = 24, embodiment: Embodiment | None = None,
-                       cameras: tuple[str, ...] = (), seed: int = 0) -> Path:
+def write_tiny_dataset(
+    root: Path,
+    *,
+    episodes: int = 6,
+    length: int = 24,
+    embodiment: Embodiment | None = None,
+    cameras: tuple[str, ...] = (),
+    seed: int = 0,
+) -> Path:
     """Episodes whose actions are a smooth function of state and instruction: learnable in seconds."""
     from lbm.data.dataset import DatasetWriter
 

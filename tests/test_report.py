@@ -6,14 +6,13 @@ import json
 
 import pandas as pd
 
-from lbm.eval import stats
+from lbm.eval.records import validate_records
 from lbm.eval.report import write_report
-from tests.test_stats import synth
+from test_stats import synth
 
 
 def test_report_html_markdown_and_plots(tmp_path):
-    df = stats.validate_records(synth({"expert": 0.9, "lbm": 0.6, "random": 0.05}, shifts=("none", "light:high"),
-                                      trials=20))
+    df = validate_records(synth({"expert": 0.9, "lbm": 0.6, "random": 0.05}, shifts=("none", "light:high"), trials=20))
     paths = write_report(df, tmp_path / "rep")
     names = {p.name for p in paths}
     assert {"report.html", "report.md", "comparison.json", "success.png", "posteriors.png", "aggregate.png"} <= names
@@ -34,7 +33,7 @@ def test_report_data_efficiency_curves(tmp_path):
         for arm, base in (("finetuned", 0.5), ("scratch", 0.1)):
             d = synth({f"{arm}-{f}": base + 0.4 * f}, trials=15, seed=int(f * 10) + len(arm))
             parts.append(d.assign(data_fraction=f, arm=arm))
-    df = stats.validate_records(pd.concat(parts, ignore_index=True))
+    df = validate_records(pd.concat(parts, ignore_index=True))
     paths = write_report(df, tmp_path / "rep")
     assert any(p.name == "data_efficiency.png" for p in paths)
     assert (tmp_path / "rep" / "report.html").read_text().count("data:image/png;base64,") == 4

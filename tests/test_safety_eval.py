@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,17 @@ import pytest
 from lbm.eval import records as rec_mod
 from lbm.eval.runner import EvalConfig, run_evaluation
 from lbm.safety.report import per_1000_steps, safety_table, shield_comparison
+from stub_policies import StubPolicy
 
 
-class AdversarialPolicy:
+class AdversarialPolicy(StubPolicy):
     """NaN, inf, 1e9 and drift to a workspace face, in turns: what a broken policy might emit."""
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
         self.t = 0
 
-    def reset(self, slots=None):
-        pass
-
-    def predict_chunk(self, observations):
+    def actions(self, observations):
         self.t += 1
         chunk = np.tile(np.array([3.0, -3.0, 3.0, 1.0], np.float32), (len(observations), 4, 1))
         kind = self.t % 4
@@ -48,7 +47,7 @@ def test_shielded_eval_lets_no_violation_through_and_records_interventions(tmp_p
     (tmp_path / "adversary").mkdir()
     specs = [f"bad={tmp_path / 'adversary'}", "oracle=expert"]
     on = EvalConfig(tasks="reach-v3", trials=2, max_steps=60, out=tmp_path / "on", progress=False, shield=True)
-    run_evaluation(specs, on, loader=load)
+    run_evaluation(replace(on, policy=tuple(specs)), loader=load)
     df = rec_mod.load_records(tmp_path / "on")
     bad, oracle = df[df.policy == "bad"], df[df.policy == "oracle"]
     # NaN/inf no longer end the trial: the shield holds and the rollout runs to its limit.
@@ -59,7 +58,7 @@ def test_shielded_eval_lets_no_violation_through_and_records_interventions(tmp_p
     assert oracle["success"].all() and (oracle["shield"]).all()
 
     off = EvalConfig(tasks="reach-v3", trials=2, max_steps=60, out=tmp_path / "off", progress=False)
-    run_evaluation(specs, off, loader=load)
+    run_evaluation(replace(off, policy=tuple(specs)), loader=load)
     df_off = rec_mod.load_records(tmp_path / "off")
     assert (df_off.loc[df_off.policy == "bad", "failure_reason"].str.startswith("bad_actions")).all()
     assert (~df_off["shield"]).all() and (df_off["shield_interventions"] == 0).all()
@@ -73,16 +72,13 @@ def test_shielded_eval_lets_no_violation_through_and_records_interventions(tmp_p
 
 
 def test_unshielded_eval_counts_workspace_violations_reaching_the_sim(tmp_path):
-    class Drift:
-        def reset(self, slots=None):
-            pass
-
-        def predict_chunk(self, observations):
+    class Drift(StubPolicy):
+        def actions(self, observations):
             return np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (len(observations), 8, 1))  # out through +x
 
     (tmp_path / "drift").mkdir()
     cfg = EvalConfig(tasks="reach-v3", trials=1, max_steps=120, out=tmp_path / "ev", progress=False)
-    run_evaluation([f"drift={tmp_path / 'drift'}"], cfg, loader=lambda spec, seed: Drift())
+    run_evaluation(replace(cfg, policy=(f"drift={tmp_path / 'drift'}",)), loader=lambda spec, seed: Drift())
     df = rec_mod.load_records(tmp_path / "ev")
     assert df["violations"].iloc[0] > 0 and df["violations"].iloc[0] == df["proposed_violations"].iloc[0]
 
@@ -90,8 +86,22 @@ def test_unshielded_eval_counts_workspace_violations_reaching_the_sim(tmp_path):
 def test_cli_shield_prints_the_safety_table_blind(tmp_path, capsys):
     from lbm.cli import main as lbm_main
 
-    code = lbm_main(["eval", "--policy", "oracle=expert", "--tasks", "reach-v3", "--trials", "2", "--max-steps", "40",
-                     "--out", str(tmp_path / "ev"), "--shield"])
+    code = lbm_main(
+        [
+            "eval",
+            "--policy",
+            "oracle=expert",
+            "--tasks",
+            "reach-v3",
+            "--trials",
+            "2",
+            "--max-steps",
+            "40",
+            "--out",
+            str(tmp_path / "ev"),
+            "--shield",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "safety by blind policy id" in printed and "violations" in printed and "oracle" not in printed
@@ -120,18 +130,18 @@ def tiny_policy(spec, seed):
     import torch
 
     from lbm.policies import InstructionCache, build_policy, policy_config
-    from lbm.schema import ACTION, STATE
-    from lbm.sim import METAWORLD_EMBODIMENT as E, get_task
+    from lbm.sim import METAWORLD_EMBODIMENT as E
+    from lbm.sim import get_task
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    stats = {E.name: {STATE: {"mean": np.zeros(E.state_dim), "std": np.ones(E.state_dim)},
-                      ACTION: {"mean": np.zeros(E.action_dim), "std": np.full(E.action_dim, 0.5),
-                               "min": -np.ones(E.action_dim), "max": np.ones(E.action_dim),
-                               "q01": -np.ones(E.action_dim), "q99": np.ones(E.action_dim)}}}
+    from stub_policies import unit_stats
+
+    stats = unit_stats(E)
     rng = np.random.default_rng(0)
-    cache = InstructionCache({s: rng.normal(size=384).astype(np.float32) for s in get_task("reach-v3").instructions},
-                             use_user_cache=False)
+    cache = InstructionCache(
+        {s: rng.normal(size=384).astype(np.float32) for s in get_task("reach-v3").instructions}, use_user_cache=False
+    )
     return build_policy(policy_config("flow", "tiny"), [E], stats, cache)
 
 
@@ -142,9 +152,9 @@ def test_eval_with_shield_and_monitor_end_to_end(tmp_path):
     spec = [f"tiny={tmp_path / 'ckpt'}", "oracle=expert"]
     base = dict(tasks="reach-v3", trials=12, max_steps=30, progress=False, envs_per_worker=24)
     # Built-in policies have no features: asking for them fails those trials with a clear reason.
-    run_evaluation(spec, EvalConfig(out=tmp_path / "train", features=True, shield=True, **base), loader=_loader)
+    run_evaluation(EvalConfig(policy=tuple(spec), out=tmp_path / "train", features=True, shield=True, **base), loader=_loader)
     df = rec_mod.load_records(tmp_path / "train")
-    assert df.loc[df.policy == "oracle", "failure_reason"].str.contains("ChunkPolicy").all()
+    assert df.loc[df.policy == "oracle", "failure_reason"].str.contains("returns no features").all()
     tiny = df[df.policy == "tiny"]
     assert (tiny["violations"] == 0).all()
     feats, success, tasks = read_rollouts([tmp_path / "train"])
@@ -164,8 +174,10 @@ def test_eval_with_shield_and_monitor_end_to_end(tmp_path):
     loaded = FailureMonitor.load(tmp_path / "monitor")
     np.testing.assert_allclose(loaded.score(feats[0]), monitor.score(feats[0]))
 
-    run_evaluation([spec[0]], EvalConfig(out=tmp_path / "test", monitor=tmp_path / "monitor", shield=True, features=True,
-                                         **base), loader=_loader)
+    run_evaluation(
+        EvalConfig(policy=(spec[0],), out=tmp_path / "test", monitor=tmp_path / "monitor", shield=True, features=True, **base),
+        loader=_loader,
+    )
     df = rec_mod.load_records(tmp_path / "test")
     assert "alert_step" in df and df["alert_step"].between(-1, 29).all()
     for r in df.itertuples():  # the recorded alert is the monitor's verdict on that trial's own features

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 
 from lbm.errors import LbmError
-from lbm.schema import Observation
 from lbm.safety.failure import (
     ConformalBand,
+    DetectorConfig,
     KNNDetector,
     LSTMDetector,
     MahalanobisDetector,
     MLPDetector,
-    DetectorConfig,
     TimeoutDetector,
     cut_to_shortest_success,
     evaluate_detector,
     roc_auc,
 )
+from lbm.schema import Observation
 
 
 def success_stream(rng, T):
@@ -138,14 +138,12 @@ def _tiny_policy(family="flow"):
     import torch
 
     from lbm.policies import InstructionCache, build_policy, policy_config
-    from lbm.schema import ACTION, STATE
-    from lbm.sim import METAWORLD_EMBODIMENT as E, get_task
+    from lbm.sim import METAWORLD_EMBODIMENT as E
+    from lbm.sim import get_task
+    from stub_policies import unit_stats
 
     torch.manual_seed(0)
-    stats = {E.name: {STATE: {"mean": np.zeros(E.state_dim), "std": np.ones(E.state_dim)},
-                      ACTION: {"mean": np.zeros(E.action_dim), "std": np.full(E.action_dim, 0.5),
-                               "min": -np.ones(E.action_dim), "max": np.ones(E.action_dim),
-                               "q01": -np.ones(E.action_dim), "q99": np.ones(E.action_dim)}}}
+    stats = unit_stats(E)
     rng = np.random.default_rng(0)
     text = get_task("reach-v3").instruction
     cache = InstructionCache({text: rng.normal(size=384).astype(np.float32)}, use_user_cache=False)
@@ -158,53 +156,49 @@ def _tiny_policy(family="flow"):
     return policy, obs
 
 
-def test_last_layer_features_are_the_expert_output_and_action_samples_leave_actions_unchanged():
+def test_features_are_the_expert_output_and_action_samples_leave_actions_unchanged():
+    """Requested features and action-sample variance come with the chunk (a declared request, no hook)."""
     import torch
 
-    from lbm.safety.failure import FeatureRecorder
+    from lbm.policies import ChunkRequest
 
-    plain, obs = _tiny_policy()
-    torch.manual_seed(7)
-    expected = plain.predict_chunk(obs)
-    assert plain.last_features is None  # the hook is off by default
-
-    policy, _ = _tiny_policy()
-    rec = FeatureRecorder.attach(policy, action_samples=4)
-    assert FeatureRecorder.attach(policy, action_samples=4) is rec
-    torch.manual_seed(7)
-    actions = policy.predict_chunk(obs)
-    # The extra draws run under a forked RNG: executed actions are exactly those without them.
-    np.testing.assert_array_equal(actions, expected)
-    # Features: the expert's final output at the last denoising pass of the executed chunk, pooled
-    # over the action tokens. The fast sampling path bypasses forward hooks, so it must set the
-    # features the plain loop's last expert forward gives.
-    reference, _ = _tiny_policy()
-    reference._sample = reference._sample_reference
+    policy, obs = _tiny_policy()
+    states = [policy.reset(seed=i) for i in range(3)]
+    plain = policy.predict_chunk(obs, states)
+    assert plain.features is None and plain.action_variance is None  # nothing extra unless asked
+    rich = policy.predict_chunk(obs, states, ChunkRequest(features=True, action_samples=4))
+    # The extra draws use their own seeds: the executed actions are exactly those without them.
+    np.testing.assert_array_equal(rich.actions, plain.actions)
+    assert rich.action_variance.shape == (3,) and np.all(rich.action_variance > 0)
+    # Features: the expert's final output at the last denoising pass of the executed chunk, pooled over the
+    # action tokens. The fast path bypasses forward hooks, so compare with the plain loop's last expert forward.
     outputs = []
-    reference.expert.register_forward_hook(lambda m, a, out: outputs.append(out))
-    torch.manual_seed(7)
-    reference.predict_chunk(obs)
+    handle = policy.expert.register_forward_hook(lambda m, a, out: outputs.append(out))
+    batch = {
+        "observation.state": torch.from_numpy(np.stack([np.stack([o.state] * 2) for o in obs])),
+        "observation.state_is_pad": torch.tensor([[True, False]] * 3),
+        "task": [o.instruction for o in obs],
+        "embodiment": [o.embodiment for o in obs],
+    }
+    noise = policy.initial_noise(states)
+    policy.sample_actions(batch, noise, reference=True)
+    handle.remove()
     assert len(outputs) == policy.config.flow_steps
-    np.testing.assert_allclose(rec.last, outputs[-1].mean(1).numpy(), rtol=1e-5, atol=1e-6)
-    assert np.all(np.isfinite(rec.last)) and not np.allclose(rec.last[0], rec.last[1])  # depends on the observation
-    assert rec.last.shape == (3, policy.config.action_d_model)
-    assert rec.last_action_var.shape == (3,) and np.all(rec.last_action_var > 0)
-    with pytest.raises(LbmError, match="action_samples=4"):
-        FeatureRecorder.attach(policy, action_samples=2)
+    np.testing.assert_allclose(rich.features, outputs[-1].mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(rich.features)) and not np.allclose(rich.features[0], rich.features[1])
+    assert rich.features.shape == (3, policy.config.action_d_model)
 
 
-def test_feature_recorder_refuses_what_it_cannot_do():
-    from lbm.safety.failure import FeatureRecorder
+def test_feature_requests_refuse_what_they_cannot_do():
+    from lbm.eval.commands import evaluate
+    from lbm.eval.runner import EvalConfig
+    from lbm.policies import ChunkRequest
 
-    with pytest.raises(LbmError, match="ChunkPolicy"):
-        FeatureRecorder(object())
-    policy, _ = _tiny_policy()
+    policy, obs = _tiny_policy()
     with pytest.raises(LbmError, match="at least 2"):
-        FeatureRecorder(policy, action_samples=1)
+        policy.predict_chunk(obs, [policy.reset()] * 3, ChunkRequest(action_samples=1))
     discrete, _ = _tiny_policy("discrete")
     with pytest.raises(LbmError, match="generative"):
-        FeatureRecorder(discrete, action_samples=4)
-    from lbm.eval.commands import evaluate
-
+        discrete.predict_chunk(obs, [discrete.reset()] * 3, ChunkRequest(action_samples=4))
     with pytest.raises(LbmError, match="--features"):
-        evaluate(policy=["x=expert"], action_samples=4)
+        evaluate(EvalConfig(policy=("x=expert",), action_samples=4))

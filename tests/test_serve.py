@@ -1,6 +1,6 @@
 """The policy server on loopback: protocol, validation, batching, isolation, limits, eval through it.
 
-Checkpoints are freshly initialized (lbm.serve.testing): serving is about transport and
+Checkpoints are freshly initialized (tests/serve_helpers.py): serving is about transport and
 bookkeeping, and random weights make actions depend on the observation without any training.
 torch runs on one thread here: on a shared 2-core machine its thread pool otherwise spins.
 """
@@ -17,9 +17,9 @@ import pytest
 
 from lbm.errors import LbmError
 from lbm.schema import Observation
-from lbm.serve import ChunkBroker, Client, PolicyServer, ServerConfig, ServerError, fetch_metrics, health
-from lbm.serve.testing import INSTRUCTION, fresh_checkpoint
-from lbm.serve.wire import WireError, packb, unpackb
+from lbm.serve import LocalSource, PolicyServer, ServerConfig
+from lbm_client import ChunkBroker, Client, ClientError, ServerError, WireError, fetch_metrics, health, packb, unpackb
+from serve_helpers import INSTRUCTION, fresh_checkpoint
 
 torch = pytest.importorskip("torch")
 
@@ -38,7 +38,9 @@ def ckpts(tmp_path_factory):
     return {
         "flow": fresh_checkpoint(root / "flow", "flow", "tiny", horizon=8),
         "discrete": fresh_checkpoint(root / "discrete", "discrete", "tiny", horizon=4, seed=1),
-        "camera": fresh_checkpoint(root / "camera", "flow", "tiny", horizon=4, cameras=("corner",), image_size=16, cnn_widths=(4,)),
+        "camera": fresh_checkpoint(
+            root / "camera", "flow", "tiny", horizon=4, cameras=("corner",), image_size=16, cnn_widths=(4,)
+        ),
     }
 
 
@@ -138,8 +140,15 @@ def test_metadata_reply_health_and_metrics(flow_server):
 BAD_REQUESTS = [
     ({"state": np.zeros(3, np.float32), "prompt": INSTRUCTION}, "needs (39,)"),
     ({"state": np.zeros(39, np.int32), "prompt": INSTRUCTION}, "float32 numpy array"),
-    ({"state": np.full(39, np.nan, np.float32), "prompt": INSTRUCTION}, "NaN or inf"),
+    ({"state": np.full(39, np.nan, np.float32), "prompt": INSTRUCTION}, "NaN, infinite"),
     ({"state": np.r_[np.zeros(38), np.inf].astype(np.float32), "prompt": INSTRUCTION}, "indices [38]"),
+    # float64 beyond float32's range becomes inf in the cast: validated after it, so refused.
+    ({"state": np.r_[np.zeros(38), 1e39], "prompt": INSTRUCTION}, "beyond float32's range at indices [38]"),
+    ({"state": [0.0] * 38 + [-1e300], "prompt": INSTRUCTION}, "beyond float32's range at indices [38]"),
+    ({}, "the request is empty"),
+    ({"reset": True, "seed": -1}, "non-negative integer"),
+    ({"seed": 3}, "together with 'reset'"),
+    ({**_obs(), "prompt": "x" * 1001}, "at most 1000"),
     ({"prompt": INSTRUCTION}, "no 'state'"),
     ({"state": np.zeros(39, np.float32)}, "'prompt'"),
     ({"state": np.zeros(39, np.float32), "prompt": 3}, "'prompt'"),
@@ -154,7 +163,9 @@ BAD_REQUESTS = [
 def test_bad_request_gets_clear_error_and_connection_keeps_working(flow_server, request_, needle):
     with Client(flow_server.url) as client:
         errors_before = fetch_metrics(flow_server.url)["errors_by_kind"].get("bad_request", 0)
-        with pytest.raises(ServerError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(
+            ServerError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+        ):
             client.infer(request_)
         assert client.infer(_obs())["actions"].shape == (8, 4)  # same connection, still served
     assert fetch_metrics(flow_server.url)["errors_by_kind"]["bad_request"] == errors_before + 1
@@ -236,7 +247,7 @@ def test_disconnect_mid_request_leaks_nothing(discrete_server):
         ws.send(packb(_obs(0.3)))
         ws.close()  # gone before the reply
     assert _wait_until(lambda: fetch_metrics(discrete_server.url)["connections_open"] == 0)
-    assert _wait_until(lambda: not discrete_server._slots)
+    assert _wait_until(lambda: discrete_server.connections == 0)
     with Client(discrete_server.url) as client:
         assert client.infer(_obs())["actions"].shape == (4, 4)
 
@@ -254,19 +265,49 @@ def test_reset_forgets_history(discrete_server):
 # ---- safety of the service -----------------------------------------------------------------------
 
 
+TOKEN = "s3cret-token-0123456789"
+
+
 def test_token_is_required_when_set(ckpts):
     policy = _load(ckpts["flow"])
-    with PolicyServer(policy, ServerConfig(port=0, token="s3cret", metrics_every_s=0)) as server:
-        with pytest.raises(LbmError, match="token"):
+    with PolicyServer(policy, ServerConfig(port=0, token=TOKEN, metrics_every_s=0)) as server:
+        with pytest.raises(ClientError, match="token"):
             Client(server.url, connect_timeout_s=2)
-        with pytest.raises(LbmError, match="token"):
+        with pytest.raises(ClientError, match="token"):
             Client(server.url, token="wrong", connect_timeout_s=2)
         assert health(server.url)  # health checks need no secret
-        with pytest.raises(LbmError, match="401"):
+        with pytest.raises(ClientError, match="401"):
             fetch_metrics(server.url)
-        with Client(server.url, token="s3cret") as client:
+        with Client(server.url, token=TOKEN) as client:
             assert client.infer(_obs())["actions"].shape == (8, 4)
-        assert fetch_metrics(server.url, token="s3cret")["errors_by_kind"]["unauthorized"] >= 3
+        with Client(server.url, token=f"  {TOKEN} ") as client:  # the same normalized form on both sides
+            assert client.infer(_obs())["actions"].shape == (8, 4)
+        assert fetch_metrics(server.url, token=TOKEN)["errors_by_kind"]["unauthorized"] >= 3
+        # Two Authorization headers: a clean 400, not a 500 and a traceback (raw HTTP: clients merge headers).
+        import socket
+
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Api-Key {TOKEN}\r\n"
+                f"Authorization: Api-Key {TOKEN}\r\nConnection: close\r\n\r\n".encode()
+            )
+            assert sock.recv(4096).split(b"\r\n")[0].endswith(b"400 Bad Request")
+
+
+BAD_TOKENS = [
+    ("   ", "whitespace"),
+    (" " + TOKEN, "whitespace"),
+    (TOKEN + "\n", "whitespace"),
+    ("a b" * 8, "whitespace"),
+    ("short", "at least 16"),
+    ("x" * 15, "at least 16"),
+]
+
+
+@pytest.mark.parametrize("token, needle", BAD_TOKENS, ids=[repr(t) for t, _ in BAD_TOKENS])
+def test_weak_or_malformed_tokens_are_refused(ckpts, token, needle):
+    with pytest.raises(LbmError, match=needle):
+        PolicyServer(_load(ckpts["flow"]), ServerConfig(host="0.0.0.0", port=0, token=token))
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "robot-server.local"])
@@ -287,7 +328,7 @@ def test_size_limit_closes_only_the_offender(ckpts):
 
     with PolicyServer(_load(ckpts["flow"]), ServerConfig(port=0, max_message_mb=0.01, metrics_every_s=0)) as server:
         with Client(server.url) as other, Client(server.url) as client:
-            with pytest.raises(LbmError, match="at most 0.01 MiB"):  # checked before sending
+            with pytest.raises(ClientError, match="at most 0.01 MiB"):  # checked before sending
                 client.infer(_obs(prompt="x" * 20_000))
             with connect(server.url, proxy=None, max_size=None) as ws:
                 ws.recv()
@@ -302,25 +343,26 @@ def test_size_limit_closes_only_the_offender(ckpts):
 # ---- the same policy served and in-process -------------------------------------------------------
 
 
-def test_served_equals_in_process_flow_with_same_noise(ckpts, flow_server):
-    """Flow sampling draws noise from torch's global generator; the server here runs in this
-    process, so seeding before each call gives both paths the same noise (one slot, so the noise
-    tensor has the same shape on both sides). Any difference is then the transport's."""
+def test_served_equals_in_process_flow_with_the_same_episode_seed(ckpts, flow_server):
+    """An episode seeded on the server draws the noise it would draw in process: any difference is the transport's."""
     from lbm.serve import RemotePolicy
 
     local = _load(ckpts["flow"])
     remote = RemotePolicy(flow_server.url)
     assert remote.horizon == 8 and remote.history == local.history
-    local.reset()
-    remote.reset()
-    for step, x in enumerate([0.1, -0.3, 0.6]):
-        obs = Observation(state=np.linspace(-1, 1, 39) * x, instruction=INSTRUCTION, embodiment="metaworld-sawyer")
-        torch.manual_seed(100 + step)
-        served = remote.predict_chunk([obs])
-        torch.manual_seed(100 + step)
-        here = local.predict_chunk([obs])
-        assert served.shape == here.shape == (1, 8, 4)
-        np.testing.assert_array_equal(served, here)
+    remote_state, local_state = [remote.reset(seed=123)], [local.reset(seed=123)]
+    for x in (0.1, -0.3, 0.6):
+        obs = [Observation(state=np.linspace(-1, 1, 39) * x, instruction=INSTRUCTION, embodiment="metaworld-sawyer")]
+        served, here = remote.predict_chunk(obs, remote_state), local.predict_chunk(obs, local_state)
+        remote_state, local_state = list(served.states), list(here.states)
+        assert served.actions.shape == here.actions.shape == (1, 8, 4)
+        np.testing.assert_array_equal(served.actions, here.actions)
+    # The same through the thin client and the in-process chunk source of the broker.
+    with Client(flow_server.url) as client:
+        client.reset(seed=7)
+        source = LocalSource(local, seed=7)
+        for x in (0.2, 0.4):
+            np.testing.assert_array_equal(client.infer(_obs(x))["actions"], source.infer(_obs(x))["actions"])
     remote.close()
 
 
@@ -329,8 +371,16 @@ def test_eval_through_server_matches_in_process(ckpts, discrete_server, tmp_path
     from lbm.eval import records as rec_mod
     from lbm.eval.runner import EvalConfig, run_evaluation
 
-    config = EvalConfig(tasks="reach-v3", trials=2, max_steps=12, out=tmp_path / "ev", progress=False, envs_per_worker=4)
-    run_evaluation([f"local={ckpts['discrete']}", f"served={discrete_server.url}"], config)
+    config = EvalConfig(
+        policy=(f"local={ckpts['discrete']}", f"served={discrete_server.url}"),
+        tasks="reach-v3",
+        trials=2,
+        max_steps=12,
+        out=tmp_path / "ev",
+        progress=False,
+        envs_per_worker=4,
+    )
+    run_evaluation(config)
     df = rec_mod.load_records(tmp_path / "ev").set_index(["policy", "trial"])
     for trial in range(2):
         a, b = df.loc[("local", trial)], df.loc[("served", trial)]
@@ -340,8 +390,7 @@ def test_eval_through_server_matches_in_process(ckpts, discrete_server, tmp_path
 
 
 def test_bad_ws_source_is_a_clear_error():
-    from lbm.eval.runner import load_policy_spec
-    from lbm.eval.schedule import parse_policy_specs
+    from lbm.eval.runner import load_policy_spec, parse_policy_specs
 
     (spec,) = parse_policy_specs(["mine=ws://127.0.0.1:9"])
     assert spec.source == "ws://127.0.0.1:9"
@@ -364,7 +413,7 @@ class _CountingSource:
         k = len(self.seen)
         return {"actions": np.array([[k, t] for t in range(self.horizon)], np.float32)}
 
-    def reset(self):
+    def reset(self, seed=None):
         self.resets += 1
 
 
@@ -392,12 +441,14 @@ def test_broker_prefetch_skips_the_steps_already_executed():
 
 
 def test_broker_refuses_impossible_settings():
-    with pytest.raises(LbmError, match="prefetch_at"):
+    with pytest.raises(ClientError, match="chunk source"):
+        ChunkBroker(object(), execute_steps=4)
+    with pytest.raises(ClientError, match="prefetch_at"):
         ChunkBroker(_CountingSource(), execute_steps=4, prefetch_at=4)
     broker = ChunkBroker(_CountingSource(horizon=8), execute_steps=6, prefetch_at=2)  # needs 6 + 4 > 8
     for step in range(6):
         broker.act({"state": np.array([step], np.float32)})
-    with pytest.raises(LbmError, match="needs at least 10"):
+    with pytest.raises(ClientError, match="needs at least 10"):
         broker.act({"state": np.array([6], np.float32)})
     broker.close()
 
@@ -416,8 +467,168 @@ def test_broker_over_a_real_client(flow_server):
 
 def test_client_side_imports_no_torch():
     code = (
-        "import sys, lbm.serve as s; s.Client; s.ChunkBroker; s.RemotePolicy; s.packb;"
-        "bad = [m for m in ('torch', 'mujoco', 'metaworld') if m in sys.modules];"
+        "import sys, lbm_client as c; c.Client; c.ChunkBroker; c.packb;"
+        "bad = [m for m in ('torch', 'mujoco', 'metaworld', 'lbm') if m in sys.modules];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---- failing safe under abuse --------------------------------------------------------------------
+
+
+class _Poisonable:
+    """A served policy whose chunks turn non-finite or out of bounds on request (the Policy contract, delegated)."""
+
+    def __init__(self, inner):
+        self.inner, self.poison = inner, None
+        self.embodiments, self.horizon, self.history, self.execute_steps = (
+            inner.embodiments,
+            inner.horizon,
+            inner.history,
+            inner.execute_steps,
+        )
+        self.resets = 0
+
+    def describe(self):
+        return self.inner.describe()
+
+    def reset(self, seed=None):
+        self.resets += 1
+        return self.inner.reset(seed)
+
+    def predict_chunk(self, observations, states, request=None):
+        from dataclasses import replace as dc_replace
+
+        chunk = self.inner.predict_chunk(observations, states)
+        if self.poison is not None:
+            actions = chunk.actions.copy()
+            actions[0, 2, 1] = self.poison
+            chunk = dc_replace(chunk, actions=actions)
+        return chunk
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf, 7.0], ids=["nan", "inf", "out-of-bounds"])
+def test_an_unsafe_chunk_is_never_sent_and_the_episode_restarts(ckpts, poison):
+    policy = _Poisonable(_load(ckpts["flow"]))
+    with PolicyServer(policy, ServerConfig(port=0, metrics_every_s=0)) as server, Client(server.url) as client:
+        client.infer(_obs(0.1))
+        resets = policy.resets
+        policy.poison = poison
+        with pytest.raises(ServerError, match="unsafe chunk"):
+            client.infer(_obs(0.2))
+        assert policy.resets == resets + 1  # the connection's history was dropped
+        policy.poison = None
+        reply = client.infer(_obs(0.2))["actions"]
+        assert np.all(np.isfinite(reply)) and np.all(np.abs(reply) <= 1)
+        assert fetch_metrics(server.url)["errors_by_kind"]["unsafe_actions"] == 1
+
+
+def test_limits_on_new_prompts_image_size_connections_and_idle_time(ckpts):
+    from websockets.sync.client import connect
+
+    config = ServerConfig(
+        port=0, metrics_every_s=0, max_new_prompts_per_minute=2, max_image_side=24, max_connections=2, idle_timeout_s=1.0
+    )
+    with PolicyServer(_load(ckpts["camera"]), config) as server:
+        image = {"corner": np.zeros((16, 16, 3), np.uint8)}
+        with Client(server.url) as client:
+            client.infer(_obs(images=image))  # a known instruction costs nothing
+            for i in range(2):
+                client.infer(_obs(images=image, prompt=f"new instruction {i}"))
+            with pytest.raises(ServerError, match="new instructions within a minute"):
+                client.infer(_obs(images=image, prompt="one more new instruction"))
+            with pytest.raises(ServerError, match="at most 24 per side"):
+                client.infer(_obs(images={"corner": np.zeros((25, 16, 3), np.uint8)}, reset=True))
+            with Client(server.url):
+                with pytest.raises(ClientError):  # a third connection is answered 503
+                    Client(server.url, connect_timeout_s=1)
+        assert _wait_until(lambda: server.connections == 0)
+        with connect(server.url, proxy=None) as ws:
+            ws.recv()
+            time.sleep(1.5)  # idle past the limit: the server closes the connection
+            with pytest.raises(Exception):
+                ws.send(packb(_obs(images=image)))
+                ws.recv(timeout=5)
+        assert fetch_metrics(server.url)["errors_by_kind"]["idle"] >= 1
+
+
+def test_memory_is_given_back_after_large_frames(ckpts):
+    """Large frames (14 MiB, refused for their image size) from 4 clients leave no lasting growth of the server.
+
+    The server runs in its own process so that only its memory is measured; without giving freed
+    heap back to the system (malloc_trim) it stays about 130 MB above its baseline here.
+    """
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = (
+        "import sys; from lbm.train import load_policy; from lbm.serve import PolicyServer, ServerConfig; "
+        f"s = PolicyServer(load_policy({str(ckpts['camera'])!r}), ServerConfig(port={port}, metrics_every_s=0, "
+        "max_message_mb=16)).start(); print('ready', flush=True); s.wait()"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        url = f"ws://127.0.0.1:{port}"
+
+        def rss_mb() -> float:
+            with open(f"/proc/{server.pid}/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2**20
+
+        image = {"corner": np.zeros((16, 16, 3), np.uint8)}
+        with Client(url) as client:
+            client.infer(_obs(images=image))
+        baseline = rss_mb()
+
+        def abuse() -> None:
+            big = {"corner": np.random.default_rng(0).integers(0, 255, (2200, 2200, 3), dtype=np.uint8)}
+            with Client(url) as c:
+                for _ in range(10):
+                    with pytest.raises(ServerError, match="per side"):
+                        c.infer(_obs(images=big))
+
+        threads = [threading.Thread(target=abuse) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        with Client(url) as client:
+            assert client.infer(_obs(images=image))["actions"].shape == (4, 4)  # still serving
+        assert _wait_until(lambda: rss_mb() < baseline + 30, timeout_s=10), (baseline, rss_mb())
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_thin_client_installs_alone_and_drives_a_served_policy(ckpts, tmp_path):
+    """lbm-client in a fresh venv (numpy, msgpack, websockets; no torch, no lbm) against a running server."""
+    import venv
+    from pathlib import Path
+
+    client_dir = Path(__file__).resolve().parents[1] / "client"
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(client_dir)], check=True, timeout=600
+    )
+    with PolicyServer(_load(ckpts["flow"]), ServerConfig(port=0, metrics_every_s=0)) as server:
+        code = (
+            "import importlib.util, sys, numpy as np\n"
+            "from lbm_client import Client, ChunkBroker\n"
+            "assert all(importlib.util.find_spec(m) is None for m in ('torch', 'lbm', 'mujoco')), 'not alone'\n"
+            f"with Client({server.url!r}) as c:\n"
+            "    b = ChunkBroker(c, execute_steps=4)\n"
+            "    b.reset(seed=1)\n"
+            f"    acts = [b.act({{'state': np.zeros(39, np.float32), 'prompt': {INSTRUCTION!r}}}) for _ in range(8)]\n"
+            "print(np.stack(acts).shape)\n"
+        )
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(8, 4)"

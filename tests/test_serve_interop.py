@@ -53,13 +53,18 @@ def openpi_python(tmp_path_factory):
     root = tmp_path_factory.mktemp("openpi_venv")
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(root)
-    except Exception as error:  # pragma: no cover - depends on the machine
+    except Exception as error:  # noqa: BLE001 - depends on the machine
         pytest.skip(f"cannot create a virtual environment for openpi-client: {error}")
     python = root / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     # openpi-client imports typing_extensions without declaring it (seen with the PyPI release), so add it.
     try:
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "openpi-client", "typing_extensions"],
-                       check=True, capture_output=True, text=True, timeout=600)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "openpi-client", "typing_extensions"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     except subprocess.CalledProcessError as error:
         pytest.skip(f"cannot install openpi-client from PyPI into a fresh venv: {error.stderr.strip()[-500:]}")
     except subprocess.TimeoutExpired:
@@ -82,8 +87,9 @@ def test_openpi_client_round_trip(openpi_python, tmp_path):
     with PolicyServer(policy, ServerConfig(port=0, metrics_every_s=0)) as server:
         script = tmp_path / "drive.py"
         script.write_text(CLIENT_SCRIPT)
-        done = subprocess.run([str(openpi_python), str(script), str(server.port), INSTRUCTION],
-                              capture_output=True, text=True, timeout=300, env=env)
+        done = subprocess.run(
+            [str(openpi_python), str(script), str(server.port), INSTRUCTION], capture_output=True, text=True, timeout=300, env=env
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
         requests = server.metrics.requests

@@ -211,7 +211,14 @@ def _marker_rows(env, camera: str) -> tuple[float, float]:
     def decorate(scene):
         for pos, rgba in (((0.0, 0.65, 0.30), (1, 0, 0, 1)), ((0.0, 0.65, 0.05), (0, 0, 1, 1))):
             geom = scene.geoms[scene.ngeom]
-            mujoco.mjv_initGeom(geom, mujoco.mjtGeom.mjGEOM_SPHERE, np.array([0.03, 0, 0]), np.array(pos), np.eye(3).ravel(), np.array(rgba, np.float32))
+            mujoco.mjv_initGeom(
+                geom,
+                mujoco.mjtGeom.mjGEOM_SPHERE,
+                np.array([0.03, 0, 0]),
+                np.array(pos),
+                np.eye(3).ravel(),
+                np.array(rgba, np.float32),
+            )
             scene.ngeom += 1
 
     img = env.render(camera, decorate=decorate).astype(int)
@@ -266,7 +273,7 @@ def _trajectory(shifts: str, steps: int = 12, cameras=("front",)):
             out["image"].append(result.observation.images.get("front"))
             out["reward"].append(result.reward)
             out["qpos"].append(env.data.qpos.copy())
-        out["model"] = {k: getattr(env.model, k).copy() for k in env._model_fields}
+        out["model"] = {k: getattr(env.model, k).copy() for k in env.EDITABLE_MODEL_FIELDS}
         out["record"] = env.shift_record
         return out
 
@@ -305,7 +312,7 @@ def _changed_images_not_physics(nom, sh, env):
 
 
 def _check_object_pose(nom, sh, env):
-    nominal_low, nominal_high = env._nominal_space
+    nominal_low, nominal_high = env.nominal_reset_space
     pad = np.where(np.arange(nominal_low.size) % 3 != 2, env.shifts[0].magnitude, 0.0)
     outside = 0
     for seed in range(30):
@@ -344,7 +351,7 @@ def _check_friction(nom, sh, env):
 
 def _check_mass(nom, sh, env):
     changed = np.nonzero(sh["model"]["body_mass"] != nom["model"]["body_mass"])[0]
-    assert set(changed) == set(env._movable_object_bodies) and len(changed) > 0
+    assert set(changed) == set(env.shift_context.movable_bodies) and len(changed) > 0
     robot = env.model.body("hand").id
     assert sh["model"]["body_mass"][robot] == nom["model"]["body_mass"][robot]
     _changed_sim(nom, sh, env)
@@ -365,10 +372,10 @@ def _check_color(nom, sh, env):
     model = env.model
     changed_geoms = np.nonzero(np.any(sh["model"]["geom_rgba"] != nom["model"]["geom_rgba"], axis=1))[0]
     changed_mats = set(np.nonzero(np.any(sh["model"]["mat_rgba"] != nom["model"]["mat_rgba"], axis=1))[0])
-    assert set(changed_geoms) <= set(env._scene_geoms)  # the robot keeps its colors
+    assert set(changed_geoms) <= set(env.shift_context.scene_geoms)  # the robot keeps its colors
     assert model.material("table_wood").id in changed_mats  # the table is recolored
-    robot_mats = {model.geom_matid[g] for g in range(model.ngeom) if g not in set(env._scene_geoms)}
-    assert not changed_mats & (robot_mats - {model.geom_matid[g] for g in env._scene_geoms})
+    robot_mats = {model.geom_matid[g] for g in range(model.ngeom) if g not in set(env.shift_context.scene_geoms)}
+    assert not changed_mats & (robot_mats - {model.geom_matid[g] for g in env.shift_context.scene_geoms})
 
 
 SHIFT_CHECKS = {
@@ -400,7 +407,7 @@ def test_shift_changes_what_it_claims(name, nominal):
 def test_shift_is_reproducible_and_does_not_accumulate(name):
     with make_env(SHIFT_TASK, shifts=f"{name}:high", cameras=("front",), image_size=24) as env:
         first = env.reset(5)
-        model_first = {k: getattr(env.model, k).copy() for k in env._model_fields}
+        model_first = {k: getattr(env.model, k).copy() for k in env.EDITABLE_MODEL_FIELDS}
         record_first = repr(env.shift_record)
         for seed in (6, 7):
             env.reset(seed)
@@ -421,13 +428,13 @@ def test_shifts_compose():
 
 # ---- command -------------------------------------------------------------------------------
 def test_tasks_command_lists_tasks_sets_cameras_and_shifts(capsys, monkeypatch):
-    from lbm.sim.commands import tasks
+    from lbm.sim.commands import TasksConfig, tasks
 
     monkeypatch.setenv("COLUMNS", "250")  # keep rich from wrapping the sentences we look for
 
-    assert tasks(set="mt10,hammer", show_instructions=True) == 0
+    assert tasks(TasksConfig(set="mt10,hammer", show_instructions=True)) == 0
     out = capsys.readouterr().out
     for needle in ("hammer-v3", "pull the drawer open", "ml45-test", *FREE_CAMERAS, "corner3", *SHIFTS):
         assert needle in out, needle
     with pytest.raises(LbmError):
-        tasks(set="mt11")
+        tasks(TasksConfig(set="mt11"))

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from lbm.errors import LbmError
-from lbm.study import PROFILES, _json_default, analyze, run_study
+from lbm.study import PROFILES, analyze, run_study
+from lbm.study.pipeline import json_default
 
 MINI = replace(
     PROFILES["quick"],
@@ -55,8 +56,13 @@ def test_study_writes_report_and_records(mini_study):
     for heading in ("Study verdicts", "Data efficiency", "Robustness gap", "per task", "<img"):
         assert heading in html
     openings = [v.split(":")[0].split(",")[0] for v in result["analysis"]["verdicts"]]
-    for expected in ("Under nominal conditions", "Under shift obs_noise", "Data efficiency", "Robustness (obs_noise",
-                     "Zero-shot"):
+    for expected in (
+        "Under nominal conditions",
+        "Under shift obs_noise",
+        "Data efficiency",
+        "Robustness (obs_noise",
+        "Zero-shot",
+    ):
         assert any(o.startswith(expected) for o in openings), (expected, openings)
 
 
@@ -68,7 +74,7 @@ def test_every_reported_number_is_recomputable_from_records(mini_study):
     again = analyze(records, config, trials=saved["trials_per_cell"], mdd=saved["mdd"])
 
     def canonical(analysis):
-        return json.dumps(analysis, sort_keys=True, default=_json_default)
+        return json.dumps(analysis, sort_keys=True, default=json_default)
 
     assert canonical(again) == canonical(saved)
     # The per-task counts are the records' counts.
@@ -89,12 +95,12 @@ def test_rerun_is_fully_cached(mini_study, capsys):
 
 
 def test_failed_stage_leaves_no_complete_looking_cache(tmp_path, monkeypatch):
-    import lbm.train
+    import lbm.study.pipeline
 
     def broken(config):
         raise FloatingPointError("loss is nan")
 
-    monkeypatch.setattr(lbm.train, "train", broken)
+    monkeypatch.setattr(lbm.study.pipeline, "train", broken)
     config = replace(MINI, out=str(tmp_path), pretrain_tasks="reach-v3", heldout_tasks="drawer-open-v3")
     with pytest.raises(LbmError, match="pretrain"):
         run_study(config)

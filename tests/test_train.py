@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_policies_helpers import INSTRUCTIONS, tiny_embodiment, write_tiny_dataset
 
 from lbm.errors import LbmError
 from lbm.policies import POLICIES
 from lbm.schema import Observation
 from lbm.train import PRESETS, get_preset, load_policy, train
+from test_policies_helpers import INSTRUCTIONS, tiny_embodiment, write_tiny_dataset
 
 torch.set_num_threads(1)
 
@@ -35,14 +35,30 @@ def workdir(tmp_path_factory):
 def _cfg(workdir, family="flow", steps=30, name="run", **kw):
     base = get_preset(f"tiny-{family}")
     return dataclasses.replace(
-        base, name=name, out_dir=str(workdir / name), steps=steps, batch_size=8, precision="fp32", tensorboard=False,
-        threads=1, val_every=10, save_every=10, log_every=5,
-        data=dataclasses.replace(base.data, roots=(str(workdir / "data"),)), **kw)
+        base,
+        name=name,
+        out_dir=str(workdir / name),
+        steps=steps,
+        batch_size=8,
+        precision="fp32",
+        tensorboard=False,
+        threads=1,
+        val_every=10,
+        save_every=10,
+        log_every=5,
+        data=dataclasses.replace(base.data, roots=(str(workdir / "data"),)),
+        **kw,
+    )
 
 
 def _obs(emb=None):
     e = emb or tiny_embodiment()
     return [Observation(np.linspace(-1, 1, e.state_dim), {}, INSTRUCTIONS[1], e.name)]
+
+
+def _act(policy, seed=3):
+    """One chunk for the test observation, in an episode seeded ``seed``."""
+    return policy.predict_chunk(_obs(), [policy.reset(seed)]).actions
 
 
 def test_real_sentence_encoder_embeds_instructions():
@@ -57,17 +73,14 @@ def test_real_sentence_encoder_embeds_instructions():
 def test_train_save_load_round_trip(family, workdir):
     path = train(_cfg(workdir, family, name=f"rt-{family}"))
     files = {p.name for p in path.iterdir()}
-    assert {"config.json", "model.safetensors", "stats.json", "instructions.safetensors", "trainer"} <= files
+    assert {"config.json", "model.safetensors", "stats.json", "instructions.safetensors", "trainer", "COMPLETE"} <= files
     lines = [json.loads(x) for x in (path.parent / "metrics.jsonl").read_text().splitlines()]
     assert any("val/loss" in x for x in lines) and all(np.isfinite(x.get("train/loss", 0)) for x in lines)
     a, b = load_policy(path), load_policy(path)
     assert not a.training
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
-    torch.manual_seed(3)
-    out_a = a.predict_chunk(_obs())
-    torch.manual_seed(3)
-    out_b = b.predict_chunk(_obs())
+    out_a, out_b = _act(a), _act(b)  # the same episode seed: the same noise, the same actions
     assert out_a.shape == (1, 16, 3) and np.array_equal(out_a, out_b)
     assert np.all(np.abs(out_a) <= 1)
     # the checkpoint's model weights are the EMA ones, not the raw training weights
@@ -105,8 +118,13 @@ def test_finetune_variants(variant, workdir):
     pre = workdir / "rt-flow" / "checkpoint"
     if not pre.exists():
         pre = train(_cfg(workdir, "flow", name="rt-flow"))
-    cfg = _cfg(workdir, name=f"ft-{variant}", steps=15, mode="finetune",
-               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre), variant=variant))
+    cfg = _cfg(
+        workdir,
+        name=f"ft-{variant}",
+        steps=15,
+        mode="finetune",
+        finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre), variant=variant),
+    )
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(str(workdir / "new-task"),)))
     path = train(cfg)
     before, after = load_file(str(pre / "model.safetensors")), load_file(str(path / "model.safetensors"))
@@ -115,7 +133,7 @@ def test_finetune_variants(variant, workdir):
     changed = not torch.equal(before[trunk[0]], after[trunk[0]])
     assert changed == (variant != "head_only")
     assert not torch.equal(before["head.action_out_w"], after["head.action_out_w"])
-    assert load_policy(path).predict_chunk(_obs()).shape == (1, 16, 3)
+    assert _act(load_policy(path)).shape == (1, 16, 3)
 
 
 def test_finetune_keeps_checkpoint_architecture_and_says_what_it_ignores(workdir, capsys):
@@ -124,8 +142,14 @@ def test_finetune_keeps_checkpoint_architecture_and_says_what_it_ignores(workdir
         pre = train(_cfg(workdir, "flow", name="rt-flow"))
     pre_policy = json.loads((pre / "config.json").read_text())["policy"]
     policy = dataclasses.replace(get_preset("tiny-flow").policy, dropout=0.1, d_model=96, flow_steps=3)
-    cfg = _cfg(workdir, name="ft-overrides", steps=2, mode="finetune", policy=policy,
-               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre)))
+    cfg = _cfg(
+        workdir,
+        name="ft-overrides",
+        steps=2,
+        mode="finetune",
+        policy=policy,
+        finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(pre)),
+    )
     out = json.loads((train(cfg) / "config.json").read_text())["policy"]
     assert out == {**pre_policy, "dropout": 0.1}  # a training-time field applies; architecture and sampling do not
     said = capsys.readouterr().out
@@ -148,9 +172,33 @@ def test_wandb_logging_offline_or_a_clear_error(workdir, monkeypatch):
 
 
 def _torchrun_train(workdir, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "lbm.cli",
-           "train", "tiny-flow", "--data.roots", str(workdir / "data"), "--out-dir", str(out), "--batch-size", "8",
-           "--precision", "fp32", "--threads", "1", "--no-tensorboard", "--val-every", "0", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "lbm.cli",
+        "train",
+        "tiny-flow",
+        "--data.roots",
+        str(workdir / "data"),
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        "8",
+        "--precision",
+        "fp32",
+        "--threads",
+        "1",
+        "--no-tensorboard",
+        "--val-every",
+        "0",
+        *extra,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "checkpoint" / "trainer" / "state.json").read_text())
@@ -186,7 +234,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(workdir, monkeypatch):
     good = json.loads((workdir / "nan" / "checkpoint" / "config.json").read_text())
     assert good["step"] == 10
     monkeypatch.undo()
-    assert load_policy(workdir / "nan" / "checkpoint").predict_chunk(_obs()).shape == (1, 16, 3)
+    assert _act(load_policy(workdir / "nan" / "checkpoint")).shape == (1, 16, 3)
 
 
 def test_bad_checkpoints_and_mismatches(workdir):
@@ -209,8 +257,13 @@ def test_bad_checkpoints_and_mismatches(workdir):
         get_preset("tiny-flw")
     # finetuning a checkpoint on data of the same-named embodiment with other dims
     other = write_tiny_dataset(workdir / "wide", episodes=3, embodiment=tiny_embodiment(state_dim=9))
-    cfg = _cfg(workdir, name="mismatch", steps=5, mode="finetune",
-               finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(src)))
+    cfg = _cfg(
+        workdir,
+        name="mismatch",
+        steps=5,
+        mode="finetune",
+        finetune=dataclasses.replace(get_preset("finetune-flow-small-full").finetune, init_from=str(src)),
+    )
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(str(other),)))
     with pytest.raises(LbmError, match="state/action dims"):
         train(cfg)
@@ -226,7 +279,9 @@ def test_policy_info_cli_and_presets(workdir, capsys):
     out = capsys.readouterr().out
     assert "flow" in out and "toy-arm" in out and "instructions cached" in out
     assert main(["policy", "info", str(workdir / "nowhere")]) == 2
-    assert {"tiny-flow", "mt10-flow-small", "mt10-diffusion-small", "mt10-discrete-small", "finetune-flow-small-lora"} <= set(PRESETS)
+    assert {"tiny-flow", "mt10-flow-small", "mt10-diffusion-small", "mt10-discrete-small", "finetune-flow-small-lora"} <= set(
+        PRESETS
+    )
     assert all(name == cfg.name for name, cfg in PRESETS.items())
 
 

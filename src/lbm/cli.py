@@ -1,16 +1,19 @@
 """The ``lbm`` command: one subcommand per verb, each a typed function parsed by tyro.
 
-This file holds no logic. Each entry names the function that implements a verb; the function's
-signature and docstring are its command line and help text. Modules are imported only when their
-command runs, so ``lbm --help`` stays instant.
+This file holds no logic. Each entry names the function that implements a verb; the function takes
+one frozen config dataclass (or a preset union of them), whose fields and docstrings are its command
+line and help text. Modules are imported only when their command runs, so ``lbm --help`` stays
+instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import importlib.util
+import inspect
 import sys
 import traceback
+import typing
 
 # (words of the command) -> ("module:function", one-line summary)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -24,7 +27,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("stats", "compare"): ("lbm.eval.commands:compare", "Compare policies from rollout records."),
     ("stats", "plan"): ("lbm.eval.commands:plan", "Trials needed for a comparison (power planner)."),
     ("report",): ("lbm.eval.commands:report", "Write an HTML + markdown report from an evaluation folder."),
-    ("study",): ("lbm.study:study_command", "The careful LBM study, end to end."),
+    ("study",): ("lbm.study.commands:study", "The careful LBM study, end to end (profiles: quick, standard, full)."),
     ("serve",): ("lbm.serve.commands:serve", "Serve a checkpoint over the openpi websocket protocol."),
     ("safety", "check"): ("lbm.safety.commands:check", "Run the instruction guard on one instruction."),
     ("safety", "redteam"): ("lbm.safety.commands:redteam", "Instruction-guard refusal rates on the red-team set."),
@@ -32,30 +35,44 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def _available() -> dict[tuple[str, ...], tuple[str, str]]:
-    """Commands whose implementing module exists in this installation."""
-    out = {}
-    for words, (target, summary) in COMMANDS.items():
-        module = target.split(":")[0]
-        if importlib.util.find_spec(module) is not None:
-            out[words] = (target, summary)
-    return out
-
-
-def _usage(commands: dict[tuple[str, ...], tuple[str, str]], prefix: tuple[str, ...] = ()) -> str:
-    rows = [(" ".join(w), s) for w, (_, s) in commands.items() if w[: len(prefix)] == prefix]
+def _usage(prefix: tuple[str, ...] = ()) -> str:
+    rows = [(" ".join(w), s) for w, (_, s) in COMMANDS.items() if w[: len(prefix)] == prefix]
     width = max((len(r[0]) for r in rows), default=0) + 2
-    lines = [
-        "usage: lbm [--debug] COMMAND [ARGS...]",
-        "",
-        "Pretrain, finetune, rigorously evaluate and safely deploy Large Behavior Models.",
-        "",
-        "commands:",
-        *(f"  {name:<{width}}{summary}" for name, summary in rows),
-        "",
-        "Run `lbm COMMAND --help` for the options of a command. --debug shows full tracebacks.",
-    ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"usage: lbm [--debug] {' '.join(prefix) + ' ' if prefix else ''}COMMAND [ARGS...]",
+            "",
+            "Pretrain, finetune, rigorously evaluate and safely deploy Large Behavior Models.",
+            "",
+            "commands:",
+            *(f"  {name:<{width}}{summary}" for name, summary in rows),
+            "",
+            "Run `lbm COMMAND --help` for the options of a command. --debug shows full tracebacks.",
+        ]
+    )
+
+
+def _match(argv: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """The longest command prefix of ``argv``, and the first word that continues no command (None if all did)."""
+    words: tuple[str, ...] = ()
+    for arg in argv:
+        candidate = (*words, arg)
+        if any(w[: len(candidate)] == candidate for w in COMMANDS):
+            words = candidate
+        else:
+            return words, arg
+    return words, None
+
+
+def _description(function) -> str | None:
+    """The help text: the config dataclass's docstring when the verb takes one, else the function's."""
+    params = list(inspect.signature(function).parameters.values())
+    if len(params) == 1:
+        hint = typing.get_type_hints(function, include_extras=True).get(params[0].name)
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+        if dataclasses.is_dataclass(base) and base.__doc__:
+            return inspect.cleandoc(base.__doc__)
+    return inspect.cleandoc(function.__doc__) if function.__doc__ else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,20 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    commands = _available()
+    words, stray = _match(argv)
+    if words not in COMMANDS:
+        if not argv or argv[0] in ("-h", "--help") or (stray in ("-h", "--help") and words):
+            print(_usage(words))
+            return 0
+        from lbm.errors import did_you_mean
 
-    words: tuple[str, ...] = ()
-    for arg in argv:
-        candidate = (*words, arg)
-        if any(w[: len(candidate)] == candidate for w in commands):
-            words = candidate
-        else:
-            break
-    if words not in commands:
-        print(_usage(commands, words), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if not argv or argv[0] in ("-h", "--help") or words else 2
+        options = [w[len(words)] for w in COMMANDS if w[: len(words)] == words and len(w) > len(words)]
+        where = f"lbm {' '.join(words)}: " if words else ""
+        error = did_you_mean(stray or "", sorted(set(options)), "subcommand" if words else "command")
+        print(f"error: {where}{error}", file=sys.stderr)
+        print(_usage(words), file=sys.stderr)
+        return 2
 
-    target, summary = commands[words]
+    target, summary = COMMANDS[words]
     module_name, function_name = target.split(":")
     rest = argv[len(words) :]
     from lbm.errors import LbmError
@@ -85,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         import tyro
 
         function = getattr(importlib.import_module(module_name), function_name)
-        if getattr(function, "raw_args", False):  # a command that parses its own arguments (e.g. profiles)
-            result = function(rest)
-        else:
-            result = tyro.cli(function, args=rest, prog="lbm " + " ".join(words), description=function.__doc__ or summary)
+        result = tyro.cli(function, args=rest, prog="lbm " + " ".join(words), description=_description(function) or summary)
     except LbmError as error:
         if debug:
             traceback.print_exc()
@@ -99,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as done:  # tyro's own exits: --help (0) and bad options (2, after printing what was wrong)
+        return done.code if isinstance(done.code, int) else 2
     return int(result) if isinstance(result, int) else 0
 
 

@@ -15,6 +15,11 @@ class LbmError(Exception):
     """An error caused by the user's input or environment, with a message that says how to fix it."""
 
 
+class InputError(LbmError, ValueError):
+    """Invalid arguments to a library function (counts, levels, sizes): a ``ValueError`` for library
+    users, and an :class:`LbmError` (one paragraph, no traceback) on the command line."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], what: str) -> LbmError:
     """Build an "unknown X" error that suggests the closest valid names."""
     choices = sorted(choices)

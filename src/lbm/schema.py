@@ -15,8 +15,10 @@ This module must not import torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 # ---- feature keys (LeRobot v3 names) -------------------------------------------------------
 STATE = "observation.state"
@@ -31,6 +33,8 @@ TIMESTAMP = "timestamp"
 EMBODIMENT = "embodiment"
 # Padding masks produced by the training-window reader: True where the value is padding.
 PAD_SUFFIX = "_is_pad"
+STATE_PAD = STATE + PAD_SUFFIX
+ACTION_PAD = ACTION + PAD_SUFFIX
 
 
 def image_key(camera: str) -> str:
@@ -46,8 +50,54 @@ def camera_of(key: str) -> str:
 
 
 @dataclass(frozen=True)
+class Workspace:
+    """Where a delta end-effector embodiment may move its hand: what an action shield enforces.
+
+    The next hand position is predicted as ``state[state_dims] + action_scale * action[action_dims]``
+    and must stay inside the box ``[low, high]``.
+    """
+
+    action_dims: tuple[int, ...]
+    """Action dimensions that move the end effector (delta position)."""
+    state_dims: tuple[int, ...]
+    """State dimensions holding the end-effector position, in the same order."""
+    action_scale: float
+    """Metres of end-effector motion per unit of a position action dimension per step."""
+    low: tuple[float, ...]
+    """Lower corner of the box (metres), one value per position dimension."""
+    high: tuple[float, ...]
+    """Upper corner of the box (metres)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.action_dims)
+        if not (len(self.state_dims) == len(self.low) == len(self.high) == n) or n == 0:
+            raise ValueError("Workspace: action_dims, state_dims, low and high need one entry each per position dimension")
+        if any(lo >= hi for lo, hi in zip(self.low, self.high)) or self.action_scale <= 0:
+            raise ValueError("Workspace: low must be below high on every axis and action_scale positive")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action_dims": list(self.action_dims),
+            "state_dims": list(self.state_dims),
+            "action_scale": self.action_scale,
+            "low": list(self.low),
+            "high": list(self.high),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Workspace:
+        return cls(
+            tuple(int(x) for x in d["action_dims"]),
+            tuple(int(x) for x in d["state_dims"]),
+            float(d["action_scale"]),
+            tuple(float(x) for x in d["low"]),
+            tuple(float(x) for x in d["high"]),
+        )
+
+
+@dataclass(frozen=True)
 class Embodiment:
-    """What a robot body accepts and reports: sizes, bounds, cameras and control rate."""
+    """What a robot body accepts and reports: sizes, bounds, cameras, control rate and workspace."""
 
     name: str
     """Unique name, the key for per-embodiment normalization stats and projections."""
@@ -67,18 +117,24 @@ class Embodiment:
     """Optional per-dimension names of the state vector (documentation and LeRobot ``names``)."""
     action_names: tuple[str, ...] = ()
     """Optional per-dimension names of the action vector."""
+    workspace: Workspace | None = None
+    """The end-effector box of a delta-position embodiment (None: no workspace limit is known)."""
 
     def __post_init__(self) -> None:
         if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
             raise ValueError(f"embodiment {self.name!r}: action bounds must have {self.action_dim} entries")
         if any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
             raise ValueError(f"embodiment {self.name!r}: action_low exceeds action_high")
+        if self.workspace is not None and (
+            max(self.workspace.action_dims) >= self.action_dim or max(self.workspace.state_dims) >= self.state_dim
+        ):
+            raise ValueError(f"embodiment {self.name!r}: the workspace names action or state dimensions it does not have")
 
     def clip_actions(self, actions: np.ndarray) -> np.ndarray:
         """Clip an action or chunk ``(..., action_dim)`` to the embodiment's bounds."""
         return np.clip(actions, np.asarray(self.action_low, np.float32), np.asarray(self.action_high, np.float32))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "state_dim": self.state_dim,
@@ -89,10 +145,11 @@ class Embodiment:
             "control_hz": self.control_hz,
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
+            "workspace": None if self.workspace is None else self.workspace.to_json(),
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> Embodiment:
+    def from_json(cls, d: dict[str, Any]) -> Embodiment:
         return cls(
             name=d["name"],
             state_dim=int(d["state_dim"]),
@@ -103,6 +160,7 @@ class Embodiment:
             control_hz=float(d.get("control_hz", 10.0)),
             state_names=tuple(d.get("state_names", ())),
             action_names=tuple(d.get("action_names", ())),
+            workspace=None if d.get("workspace") is None else Workspace.from_json(d["workspace"]),
         )
 
 
@@ -112,7 +170,7 @@ class Observation:
 
     state: np.ndarray
     """float32 ``(state_dim,)``."""
-    images: dict[str, np.ndarray] = field(default_factory=dict)
+    images: dict[str, NDArray[np.uint8]] = field(default_factory=lambda: {})
     """camera name -> uint8 ``(H, W, 3)``."""
     instruction: str = ""
     """Natural-language instruction the policy is asked to follow."""
@@ -132,7 +190,5 @@ def validate_action_chunk(chunk: np.ndarray, embodiment: Embodiment) -> np.ndarr
     """Check that ``chunk`` is a float32 ``(T, action_dim)`` array for ``embodiment``; return it."""
     chunk = np.asarray(chunk)
     if chunk.ndim != 2 or chunk.shape[1] != embodiment.action_dim:
-        raise ValueError(
-            f"action chunk for {embodiment.name!r} must have shape (T, {embodiment.action_dim}), got {chunk.shape}"
-        )
+        raise ValueError(f"action chunk for {embodiment.name!r} must have shape (T, {embodiment.action_dim}), got {chunk.shape}")
     return chunk.astype(np.float32, copy=False)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -20,68 +22,93 @@ def _size_mb(root: Path) -> float:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
 
 
-def generate(
-    tasks: str = "mt10",
-    episodes_per_task: int = 50,
-    out: Path = Path("data/demos"),
-    cameras: str = "",
-    image_size: int = 96,
-    workers: int = 2,
-    max_steps: int | None = None,
-    paraphrases: bool = False,
-    video: bool = True,
-    overwrite: bool = False,
-    seed_offset: int = 0,
-) -> int:
+@dataclass(frozen=True)
+class GenerateConfig:
     """Run the scripted experts and write one demonstration dataset (LeRobot v3 layout).
 
     Only successful episodes are kept; failures are counted per task and reported. Episode k of a
     task is reset with seed demo_seed(task, seed_offset + k), from the demonstration seed space
     [0, 2^30), disjoint from evaluation seeds. The dataset appears at --out only once complete.
-
-    Args:
-        tasks: Task set (mt10, mt50, ml45-train, ml45-test) or comma-separated task names.
-        episodes_per_task: Expert episodes to run per task (failed ones are dropped).
-        out: Output folder of the dataset; must not exist unless --overwrite.
-        cameras: Comma-separated camera names to record (empty: state only). `lbm tasks` lists them.
-        image_size: Square image size in pixels when cameras are recorded.
-        workers: Parallel worker processes (one simulator each).
-        max_steps: Episode step limit (default: the task's own limit).
-        paraphrases: Label each episode with a seeded choice among the instruction and its paraphrases.
-        video: Store images as mp4 video (h264); --no-video stores PNG images in the parquet files.
-        overwrite: Replace an existing dataset at --out (only once the new one is complete).
-        seed_offset: Start of the episode index range, to make a disjoint extra set of demos.
     """
+
+    tasks: str = "mt10"
+    """Task set (mt10, mt50, ml45-train, ml45-test) or comma-separated task names."""
+    episodes_per_task: int = 50
+    """Expert episodes to run per task (failed ones are dropped)."""
+    out: Path = Path("data/demos")
+    """Output folder of the dataset; must not exist unless --overwrite."""
+    cameras: str = ""
+    """Comma-separated camera names to record (empty: state only). `lbm tasks` lists them."""
+    image_size: int = 96
+    """Square image size in pixels when cameras are recorded."""
+    workers: int = 2
+    """Parallel worker processes (one simulator each)."""
+    max_steps: int | None = None
+    """Episode step limit (default: the task's own limit)."""
+    paraphrases: bool = False
+    """Label each episode with a seeded choice among the instruction and its paraphrases."""
+    video: bool = True
+    """Store images as mp4 video (h264); --no-video stores PNG images in the parquet files."""
+    overwrite: bool = False
+    """Replace an existing dataset at --out (the old one is kept until the new one is complete)."""
+    seed_offset: int = 0
+    """Start of the episode index range, to make a disjoint extra set of demos."""
+
+
+def generate(config: Annotated[GenerateConfig, tyro.conf.arg(name="")]) -> int:
+    """Write a demonstration dataset (see GenerateConfig)."""
     from rich.table import Table
 
     from lbm.data.generate import generate_demos
     from lbm.sim import resolve_tasks
 
-    names = resolve_tasks(tasks)
-    cams = tuple(c.strip() for c in cameras.split(",") if c.strip())
+    c = config
+    names = resolve_tasks(c.tasks)
+    cams = tuple(x.strip() for x in c.cameras.split(",") if x.strip())
     summary = generate_demos(
-        names, episodes_per_task, out, cameras=cams, image_size=image_size, workers=workers, video=video,
-        max_steps=max_steps, paraphrases=paraphrases, seed_offset=seed_offset, overwrite=overwrite,
+        names,
+        c.episodes_per_task,
+        c.out,
+        cameras=cams,
+        image_size=c.image_size,
+        workers=c.workers,
+        video=c.video,
+        max_steps=c.max_steps,
+        paraphrases=c.paraphrases,
+        seed_offset=c.seed_offset,
+        overwrite=c.overwrite,
     )
     table = Table(title="demonstrations kept per task")
     for col in ("task", "kept", "failed", "mean length"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for t in summary.tasks:
-        table.add_row(t.task, str(t.kept), str(t.failed) if not t.failed else f"[yellow]{t.failed}", "-" if math.isnan(t.mean_length) else f"{t.mean_length:.1f}")
+        table.add_row(
+            t.task,
+            str(t.kept),
+            str(t.failed) if not t.failed else f"[yellow]{t.failed}",
+            "-" if math.isnan(t.mean_length) else f"{t.mean_length:.1f}",
+        )
     console = _console()
     console.print(table)
-    console.print(f"{summary.episodes} episodes, {summary.frames} frames in {summary.seconds:.0f} s; "
-                  f"{sum(t.failed for t in summary.tasks)} failed episodes dropped")
+    console.print(
+        f"{summary.episodes} episodes, {summary.frames} frames in {summary.seconds:.0f} s; "
+        f"{sum(t.failed for t in summary.tasks)} failed episodes dropped"
+    )
     console.print(f"wrote [bold]{summary.root}[/bold] ({_size_mb(summary.root):.1f} MB)")
     return 0
 
 
-def info(root: tyro.conf.Positional[Path]) -> int:
-    """Summarize a dataset: episodes, frames, fps, features with shapes, per-task counts, disk size.
+@dataclass(frozen=True)
+class DatasetPath:
+    """A dataset folder."""
 
-    Args:
-        root: Dataset folder (ours or a local LeRobot v3 dataset).
-    """
+    root: Annotated[Path, tyro.conf.Positional]
+    """Dataset folder (ours or a local LeRobot v3 dataset)."""
+
+
+def info(config: Annotated[DatasetPath, tyro.conf.arg(name="")]) -> int:
+    """Summarize a dataset: episodes, frames, fps, features with shapes, per-task counts, disk size."""
+    root = config.root
     from collections import Counter
 
     from rich.table import Table
@@ -127,16 +154,14 @@ def info(root: tyro.conf.Positional[Path]) -> int:
     return 0
 
 
-def audit(root: tyro.conf.Positional[Path]) -> int:
+def audit(config: Annotated[DatasetPath, tyro.conf.arg(name="")]) -> int:
     """Check a dataset for defects and print a report; exit code 1 when any error is found.
 
     Checks: files present and readable, info.json vs data (features, shapes, counts), NaN/inf,
-    action-bound violations, broken indices, timestamps vs fps, video frame rate and length
+    action-bound violations, broken indices, timestamps vs fps, video frame rate, size and length
     (errors); exactly-constant dimensions and episode-length outliers (warnings).
-
-    Args:
-        root: Dataset folder to audit.
     """
+    root = config.root
     from rich.table import Table
 
     from lbm.data.audit import audit_dataset

@@ -302,12 +302,21 @@ class DatasetWriter:
         }
         for cam in self.cameras:
             h, w = self._image_shape[cam]
-            ft: dict[str, Any] = {"dtype": "video" if self.video else "image", "shape": [h, w, 3],
-                                  "names": ["height", "width", "channels"]}
+            ft: dict[str, Any] = {
+                "dtype": "video" if self.video else "image",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+            }
             if self.video:
                 ft["info"] = {
-                    "video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p",
-                    "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": "h264",
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": self.fps,
+                    "video.channels": 3,
+                    "has_audio": False,
                 }
             features[image_key(cam)] = ft
         features.update(_INDEX_FEATURES)
@@ -409,7 +418,9 @@ class EpisodeDataset:
         self.features: dict[str, Any] = features
         self.fps = float(self.info.get("fps", 0) or 0)
         self.cameras: tuple[str, ...] = tuple(
-            camera_of(k) for k, ft in features.items() if ft.get("dtype") in ("video", "image") and k.startswith("observation.images.")
+            camera_of(k)
+            for k, ft in features.items()
+            if ft.get("dtype") in ("video", "image") and k.startswith("observation.images.")
         )
         self._state_dim = int(np.prod(features[STATE]["shape"]))
         self._action_dim = int(np.prod(features[ACTION]["shape"]))
@@ -517,6 +528,7 @@ class EpisodeDataset:
         lbm_meta = self.info.get("lbm") or {}
         if "embodiment" in lbm_meta:
             return Embodiment.from_json(lbm_meta["embodiment"])
+
         # A foreign LeRobot dataset: name it after its robot type; bounds from the data itself.
         def names(key: str) -> tuple[str, ...]:
             n = self.features[key].get("names")
@@ -548,7 +560,9 @@ class EpisodeDataset:
     # ---- queries -----------------------------------------------------------------------------
     def _check_episode(self, i: int) -> int:
         if not -self.num_episodes <= i < self.num_episodes:
-            raise LbmError(f"Episode {i} does not exist; {self.root} has {self.num_episodes} episodes (0..{self.num_episodes - 1}).")
+            raise LbmError(
+                f"Episode {i} does not exist; {self.root} has {self.num_episodes} episodes (0..{self.num_episodes - 1})."
+            )
         return i % self.num_episodes
 
     def episode_length(self, i: int) -> int:
@@ -584,8 +598,15 @@ class EpisodeDataset:
 
     def frames(self, key: str) -> np.ndarray:
         """Every frame's values of a per-frame feature, ``(N, D)`` (read-only)."""
-        table = {STATE: self._state, ACTION: self._action, INDEX: self._index, EPISODE_INDEX: self._episode_of_frame,
-                 FRAME_INDEX: self._frame_index, TIMESTAMP: self._timestamp, TASK_INDEX: self._task_index}
+        table = {
+            STATE: self._state,
+            ACTION: self._action,
+            INDEX: self._index,
+            EPISODE_INDEX: self._episode_of_frame,
+            FRAME_INDEX: self._frame_index,
+            TIMESTAMP: self._timestamp,
+            TASK_INDEX: self._task_index,
+        }
         if key not in table:
             raise did_you_mean(key, table, "per-frame feature")
         return table[key]
@@ -615,8 +636,10 @@ class EpisodeDataset:
         """Decoded frames ``(L, H, W, 3)`` uint8 of episode ``i`` from ``camera`` (cached)."""
         i = self._check_episode(i)
         if camera not in self.cameras:
-            raise did_you_mean(camera, self.cameras, "camera") if self.cameras else LbmError(
-                f"{self.root} has no camera images (state-only dataset); regenerate it with --cameras {camera}."
+            raise (
+                did_you_mean(camera, self.cameras, "camera")
+                if self.cameras
+                else LbmError(f"{self.root} has no camera images (state-only dataset); regenerate it with --cameras {camera}.")
             )
         cache_key = (i, camera)
         if cache_key in self._image_cache:
@@ -643,6 +666,7 @@ class EpisodeDataset:
 
     def _decode_video(self, i: int, key: str) -> np.ndarray:
         import av
+        from av.error import FFmpegError
 
         ep = self._episodes.loc[i]
         path = self.root / str(self.info.get("video_path") or VIDEO_PATH).format(
@@ -658,15 +682,17 @@ class EpisodeDataset:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                if stream.time_base is None:
+                    raise LbmError(f"Video file {path} has no time base; regenerate the dataset.")
                 container.seek(int(max(t0 - tol, 0) / stream.time_base), stream=stream, backward=True, any_frame=False)
                 for frame in container.decode(stream):
-                    t = float(frame.pts * stream.time_base)
+                    t = float((frame.pts or 0) * stream.time_base)
                     if t < t0 - tol:
                         continue
                     if t >= t1 - tol or len(frames) == length:
                         break
                     frames.append(frame.to_ndarray(format="rgb24"))
-        except (av.error.FFmpegError, OSError) as e:
+        except (FFmpegError, OSError) as e:
             raise LbmError(f"Video file {path} is corrupt or unreadable ({e}). Regenerate or re-download the dataset.") from None
         if len(frames) != length:
             raise LbmError(
@@ -679,5 +705,7 @@ class EpisodeDataset:
         return self.num_frames
 
     def __repr__(self) -> str:
-        return (f"EpisodeDataset({str(self.root)!r}: {self.num_episodes} episodes, {self.num_frames} frames, "
-                f"{len(self.tasks)} tasks, cameras={list(self.cameras)}, fps={self.fps:g})")
+        return (
+            f"EpisodeDataset({str(self.root)!r}: {self.num_episodes} episodes, {self.num_frames} frames, "
+            f"{len(self.tasks)} tasks, cameras={list(self.cameras)}, fps={self.fps:g})"
+        )

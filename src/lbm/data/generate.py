@@ -134,16 +134,18 @@ def _run_unit(unit: _Unit) -> list[dict[str, Any]]:
             if step.done:
                 success = bool(step.success)
                 break
-        results.append({
-            "task": unit.task,
-            "episode": k,
-            "seed": seed,
-            "success": success,
-            "instruction": _instruction(env.spec, seed, unit.paraphrases),
-            "states": np.stack(states).astype(np.float32),
-            "actions": np.stack(actions).astype(np.float32),
-            "images": {c: np.stack(v) for c, v in frames.items()},
-        })
+        results.append(
+            {
+                "task": unit.task,
+                "episode": k,
+                "seed": seed,
+                "success": success,
+                "instruction": _instruction(env.spec, seed, unit.paraphrases),
+                "states": np.stack(states).astype(np.float32),
+                "actions": np.stack(actions).astype(np.float32),
+                "images": {c: np.stack(v) for c, v in frames.items()},
+            }
+        )
     return results
 
 
@@ -210,8 +212,15 @@ def generate_demos(
     probe.close()
 
     units = [
-        _Unit(t, tuple(range(s, min(s + EPISODES_PER_UNIT, episodes_per_task))), cameras, image_size, max_steps,
-              paraphrases, seed_offset)
+        _Unit(
+            t,
+            tuple(range(s, min(s + EPISODES_PER_UNIT, episodes_per_task))),
+            cameras,
+            image_size,
+            max_steps,
+            paraphrases,
+            seed_offset,
+        )
         for t in tasks
         for s in range(0, episodes_per_task, EPISODES_PER_UNIT)
     ]
@@ -220,22 +229,31 @@ def generate_demos(
     failed: list[tuple[str, int]] = []
     start = time.perf_counter()
     writer = DatasetWriter(out, embodiment, cameras=cameras, video=video, overwrite=overwrite)
-    columns = (TextColumn("[bold]demos"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]demos"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             job = bar.add_task("demos", total=total, failed=0)
             for results in _results(units, workers):
                 for r in results:
                     if r["success"]:
-                        writer.add_episode(r["states"], r["actions"], r["instruction"], images=r["images"],
-                                           sim_task=r["task"], seed=r["seed"])
+                        writer.add_episode(
+                            r["states"], r["actions"], r["instruction"], images=r["images"], sim_task=r["task"], seed=r["seed"]
+                        )
                         kept[r["task"]].append(len(r["states"]))
                     else:
                         failed.append((r["task"], r["episode"]))
                     bar.update(job, advance=1, failed=len(failed))
         per_task = tuple(
-            TaskSummary(t, len(kept[t]), sum(1 for f in failed if f[0] == t), float(np.mean(kept[t])) if kept[t] else float("nan"))
+            TaskSummary(
+                t, len(kept[t]), sum(1 for f in failed if f[0] == t), float(np.mean(kept[t])) if kept[t] else float("nan")
+            )
             for t in tasks
         )
         n_eps = sum(len(v) for v in kept.values())
@@ -244,12 +262,19 @@ def generate_demos(
                 f"The expert failed every one of the {total} episodes, so no dataset was written. Raise --max-steps "
                 "(some tasks need up to 300 steps) or check the task names."
             )
-        summary = GenerateSummary(out, per_task, n_eps, sum(sum(v) for v in kept.values()), time.perf_counter() - start,
-                                  tuple(failed))
+        summary = GenerateSummary(
+            out, per_task, n_eps, sum(sum(v) for v in kept.values()), time.perf_counter() - start, tuple(failed)
+        )
         writer.extra_info["generation"] = {
-            "tasks": tasks, "episodes_per_task": episodes_per_task, "cameras": list(cameras), "image_size": image_size,
-            "max_steps": max_steps, "paraphrases": paraphrases, "seed_offset": seed_offset,
-            "seed_space": "lbm.sim.demo_seed(task, seed_offset + episode)", **summary.to_json(),
+            "tasks": tasks,
+            "episodes_per_task": episodes_per_task,
+            "cameras": list(cameras),
+            "image_size": image_size,
+            "max_steps": max_steps,
+            "paraphrases": paraphrases,
+            "seed_offset": seed_offset,
+            "seed_space": "lbm.sim.demo_seed(task, seed_offset + episode)",
+            **summary.to_json(),
         }
         writer.finalize()
     except OSError as e:

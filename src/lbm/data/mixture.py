@@ -86,5 +86,5 @@ class Mixture:
 
         generator = torch.Generator().manual_seed(seed)
         return torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(self.sample_weights()), num_samples or len(self), replacement=True, generator=generator
+            self.sample_weights().tolist(), num_samples or len(self), replacement=True, generator=generator
         )

@@ -35,7 +35,16 @@ MODES = ("mean_std", "min_max", "quantile")
 
 
 class DegenerateStatsError(LbmError):
-    """A feature dimension cannot be normalized: its spread is ~0 or a statistic is NaN/inf."""
+    """Feature dimensions that cannot be normalized: their spread is ~0 or a statistic is NaN/inf.
+
+    ``feature`` and ``dims`` say which, so a caller can add context (the embodiment, the flag that
+    marks the dimensions constant) without parsing the message.
+    """
+
+    def __init__(self, message: str, feature: str = "", dims: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.dims = tuple(dims)
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class StatsAccumulator:
         return self
 
     def _combine(self, n, mean, m2, mn, mx) -> None:
-        if self._mean is None:
+        if self._mean is None or self._m2 is None or self._min is None or self._max is None:
             self._mean, self._m2, self._min, self._max = mean.copy(), m2.copy(), mn.copy(), mx.copy()
             self.count = n
             return
@@ -165,7 +174,8 @@ class StatsAccumulator:
         t = seen_before + np.arange(x.shape[0])  # global 0-based index of each new row
         slot = (self._rng.random(x.shape[0]) * (t + 1)).astype(np.int64)
         accept = slot < self.max_exact_rows
-        self._reservoir[slot[accept]] = x[accept]
+        if self._reservoir is not None:  # (set above)
+            self._reservoir[slot[accept]] = x[accept]
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Fold another accumulator (e.g. from another worker) into this one. Returns self."""
@@ -185,17 +195,16 @@ class StatsAccumulator:
 
     def finalize(self) -> FeatureStats:
         """The statistics of every row seen so far."""
-        if self._mean is None:
+        mean0, m2, lo, hi = self._mean, self._m2, self._min, self._max
+        if mean0 is None or m2 is None or lo is None or hi is None:
             raise LbmError("No rows were given to StatsAccumulator; a feature needs at least one frame for statistics.")
         rows = self._reservoir if self._reservoir is not None else np.concatenate(self._rows, axis=0)
         q01, q99 = np.quantile(rows, [0.01, 0.99], axis=0)
-        std = np.sqrt(np.maximum(self._m2 / self.count, 0.0))
+        std = np.sqrt(np.maximum(m2 / self.count, 0.0))
         # A constant column must report exactly zero spread (rounding in m2 could leave ~1e-17).
-        std = np.where(self._min == self._max, 0.0, std)
-        mean = np.where(self._min == self._max, self._min, self._mean)
-        return FeatureStats(
-            mean=mean, std=std, min=self._min.copy(), max=self._max.copy(), q01=q01, q99=q99, count=int(self.count)
-        )
+        std = np.where(lo == hi, 0.0, std)
+        mean = np.where(lo == hi, lo, mean0)
+        return FeatureStats(mean=mean, std=std, min=lo.copy(), max=hi.copy(), q01=q01, q99=q99, count=int(self.count))
 
 
 def compute_dataset_stats(dataset: Any, *, keys: Sequence[str] | None = None) -> dict[str, FeatureStats]:
@@ -270,24 +279,42 @@ class Normalizer:
         bad_index = [i for i in constant if not 0 <= i < center.shape[0]]
         if bad_index:
             raise LbmError(f"constant_dims for {key!r} lists dimension(s) {bad_index}, but the feature has {center.shape[0]}.")
+        nonfinite, narrow = [], []
         for d in range(center.shape[0]):
             if d in constant:
                 center[d], half[d] = 0.0, 1.0
                 continue
-            values = {name: float(np.asarray(getattr(s, name))[d]) for name in used}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise DegenerateStatsError(
-                    f"Feature {key!r} dimension {d}: statistics are not finite ({values}); the data contains "
-                    "NaN or inf. Run `lbm data audit` on the dataset and fix or drop the bad frames."
-                )
-            if half[d] * (2 if mode != "mean_std" else 1) < self.eps:
-                raise DegenerateStatsError(
-                    f"Feature {key!r} dimension {d}: spread {2 * half[d] if mode != 'mean_std' else half[d]:.3g} is "
-                    f"below eps={self.eps:g} in mode {mode!r} ({values}), so it cannot be normalized. If the "
-                    f"dimension is truly constant list it in constant_dims[{key!r}] to pass it through unchanged; "
-                    "otherwise collect more varied data or use a different mode."
-                )
+            values = [float(np.asarray(getattr(s, name))[d]) for name in used]
+            if not all(math.isfinite(v) for v in values):
+                nonfinite.append(d)
+            elif half[d] * (2 if mode != "mean_std" else 1) < self.eps:
+                narrow.append(d)
+        if nonfinite:
+            raise DegenerateStatsError(
+                f"Feature {key!r} dimension(s) {_ranges(nonfinite)}: statistics are not finite; the data contains NaN or "
+                "inf. Run `lbm data audit` on the dataset and fix or drop the bad frames.",
+                key,
+                tuple(nonfinite),
+            )
+        if narrow:
+            spread = {d: float(2 * half[d] if mode != "mean_std" else half[d]) for d in narrow}
+            shown = ", ".join(f"{d}: {v:.2g}" for d, v in list(spread.items())[:6])
+            raise DegenerateStatsError(
+                f"Feature {key!r} dimension(s) {_ranges(narrow)} have a spread below eps={self.eps:g} in mode {mode!r} "
+                f"({shown}) but are not exactly constant, so they cannot be normalized: dividing by that spread would turn "
+                "float noise into huge inputs, and clamping it silently would hide a broken sensor or dataset. Mark "
+                "dimensions that truly carry no information as constant (they then pass through unchanged), or collect "
+                "more varied data, or use another normalization mode.",
+                key,
+                tuple(narrow),
+            )
         return center, half
+
+    def affine(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, half_width)`` float64 ``(D,)`` of feature ``key``: ``y = (x - center) / half_width``."""
+        if key not in self._center:
+            raise LbmError(f"Normalizer has no feature {key!r}; it knows {', '.join(sorted(self._center))}.")
+        return self._center[key].copy(), self._half[key].copy()
 
     def _params(self, key: str, x: Any) -> tuple[Any, Any]:
         if key not in self._center:
@@ -337,6 +364,33 @@ class Normalizer:
             d.get("constant_dims"),
             float(d.get("eps", 1e-6)),
         )
+
+
+def near_constant_dims(stats: FeatureStats, mode: str, eps: float = 1e-6) -> tuple[int, ...]:
+    """Dimensions a :class:`Normalizer` in ``mode`` refuses as nearly constant (spread below ``eps``, not exactly 0).
+
+    They must be marked constant to be passed through (``PolicyConfig.constant_dims``); this lists
+    them so that a caller can do that explicitly and say so.
+    """
+    if mode not in MODES:
+        raise LbmError(f"Unknown normalization mode {mode!r}; use one of {', '.join(MODES)}.")
+    lo_name, hi_name = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile": ("q01", "q99")}[mode]
+    lo, hi = np.asarray(getattr(stats, lo_name), float), np.asarray(getattr(stats, hi_name), float)
+    spread = hi if mode == "mean_std" else hi - lo
+    exact = set(stats.constant_dims)
+    return tuple(int(d) for d in np.flatnonzero(np.isfinite(spread) & (spread < eps)) if int(d) not in exact)
+
+
+def _ranges(dims: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    out, start = [], None
+    for i, d in enumerate(dims):
+        if start is None:
+            start = d
+        if i + 1 == len(dims) or dims[i + 1] != d + 1:
+            out.append(str(start) if start == d else f"{start}-{d}")
+            start = None
+    return ", ".join(out)
 
 
 def save_stats(path: str | Path, stats: Mapping[str, Mapping[str, FeatureStats]]) -> Path:

@@ -20,10 +20,19 @@ import numpy as np
 
 from lbm.data.dataset import EpisodeDataset
 from lbm.errors import LbmError, did_you_mean
-from lbm.schema import ACTION, EMBODIMENT, EPISODE_INDEX, FRAME_INDEX, INSTRUCTION, PAD_SUFFIX, STATE, image_key
+from lbm.schema import (
+    ACTION,
+    ACTION_PAD,
+    EMBODIMENT,
+    EPISODE_INDEX,
+    FRAME_INDEX,
+    INSTRUCTION,
+    PAD_SUFFIX,
+    STATE,
+    STATE_PAD,
+    image_key,
+)
 
-STATE_PAD = STATE + PAD_SUFFIX
-ACTION_PAD = ACTION + PAD_SUFFIX
 DATASET_INDEX = "dataset_index"
 """Key :class:`~lbm.data.mixture.Mixture` adds to each item: which member dataset it came from."""
 
@@ -48,13 +57,17 @@ class WindowDataset:
         for cam in self.cameras:
             if cam not in dataset.cameras:
                 if not dataset.cameras:
-                    raise LbmError(f"{dataset.root} has no camera images; drop cameras={list(self.cameras)} or "
-                                   "regenerate the dataset with --cameras.")
+                    raise LbmError(
+                        f"{dataset.root} has no camera images; drop cameras={list(self.cameras)} or "
+                        "regenerate the dataset with --cameras."
+                    )
                 raise did_you_mean(cam, dataset.cameras, "camera")
         eps = list(range(dataset.num_episodes)) if episodes is None else [int(e) for e in episodes]
         bad = [e for e in eps if not 0 <= e < dataset.num_episodes]
         if bad:
-            raise LbmError(f"Episodes {bad[:5]} do not exist; {dataset.root} has {dataset.num_episodes} (0..{dataset.num_episodes - 1}).")
+            raise LbmError(
+                f"Episodes {bad[:5]} do not exist; {dataset.root} has {dataset.num_episodes} (0..{dataset.num_episodes - 1})."
+            )
         self.episodes = eps
         bounds = np.array([dataset.episode_bounds(e) for e in eps], np.int64).reshape(-1, 2)
         lengths = bounds[:, 1] - bounds[:, 0]

@@ -1,81 +1,94 @@
 """Built-in pseudo-policies for baselines and tests: ``expert`` and ``random``.
 
-Both honour the :class:`lbm.policies.base.Policy` contract (``predict_chunk``, ``reset``) and are
-*privileged*: before each call the runner calls ``bind_envs(envs)`` with the environment of every
-slot in the call. Both are ``stateless``, so the runner asks them only for the slots that need an
-action (a stateful policy always gets its full, fixed batch). The expert reads the true simulator state through ``env.expert_action()`` (so
-observation-noise shifts do not disturb it — it is an upper reference, not a competitor); the random
-policy only reads the action bounds of ``env.embodiment``.
+Both are :class:`lbm.policies.base.PrivilegedPolicy`: their ``reset`` takes the episode's
+environment and their state keeps it. The expert reads the true simulator state through
+``env.expert_action()`` (so observation-noise shifts do not disturb it: it is an upper reference,
+not a competitor); the random policy only reads the action bounds of ``env.embodiment``, and its
+draws are seeded per episode like every policy's noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from lbm.errors import LbmError, did_you_mean
+from lbm.policies.base import Chunk, ChunkRequest, EpisodeSource, PrivilegedPolicy, noise_seed
 from lbm.schema import Observation
 
 
-class ExpertPolicy:
+@dataclass(frozen=True)
+class EnvState:
+    """A privileged policy's episode state: the environment it reads, and its seed and call count."""
+
+    env: EpisodeSource
+    seed: int | None = None
+    calls: int = 0
+
+
+def _env_states(states: Sequence[EnvState], n: int) -> Sequence[EnvState]:
+    if len(states) != n or not all(isinstance(s, EnvState) for s in states):
+        raise LbmError(
+            f"A privileged policy needs one state from its reset(env=...) per observation; got {len(states)} "
+            f"states for {n} observations."
+        )
+    return states
+
+
+class ExpertPolicy(PrivilegedPolicy):
     """The simulator's scripted expert, one action per chunk (closed loop at every step)."""
 
     execute_steps = 1
     """The expert must see every state: re-query after each action."""
-    stateless = True
-    """No per-slot memory: the runner may call it with any subset of slots (after ``bind_envs``)."""
 
-    def __init__(self) -> None:
-        self._envs: list = []
+    def reset(self, seed: int | None = None, *, env: EpisodeSource) -> EnvState:
+        """The episode state: the environment whose expert acts."""
+        return EnvState(env, seed)
 
-    def bind_envs(self, envs: Sequence) -> None:
-        """Attach the environment of every slot, in slot order."""
-        self._envs = list(envs)
-
-    def reset(self, slots: Sequence[int] | None = None) -> None:
-        """Stateless: nothing to forget."""
-
-    def predict_chunk(self, observations: Sequence[Observation]) -> np.ndarray:
-        """Return ``(B, 1, action_dim)`` expert actions for the true state of each slot's env."""
-        if len(observations) != len(self._envs):
-            raise RuntimeError(f"expert policy bound to {len(self._envs)} envs but got {len(observations)} observations")
-        return np.stack([np.asarray(env.expert_action(), np.float32)[None] for env in self._envs])
+    def predict_chunk(
+        self, observations: Sequence[Observation], states: Sequence[EnvState], request: ChunkRequest = ChunkRequest()
+    ) -> Chunk:
+        """``(B, 1, action_dim)`` expert actions for the true state of each slot's environment."""
+        states = _env_states(states, len(observations))
+        actions = np.stack([np.asarray(s.env.expert_action(), np.float32)[None] for s in states])
+        return Chunk(actions, tuple(replace(s, calls=s.calls + 1) for s in states))
 
 
-class RandomPolicy:
+class RandomPolicy(PrivilegedPolicy):
     """Uniform random actions within the embodiment's bounds: the chance-level baseline."""
-
-    stateless = True
-    """No per-slot memory: the runner may call it with any subset of slots (after ``bind_envs``)."""
 
     def __init__(self, seed: int = 0, horizon: int = 8) -> None:
         self.horizon = horizon
-        self._rng = np.random.default_rng([seed, 0xAA])
-        self._bounds: list[tuple[np.ndarray, np.ndarray]] = []
+        self.seed = seed
 
-    def bind_envs(self, envs: Sequence) -> None:
-        """Read each slot's action bounds."""
-        self._bounds = [
-            (np.asarray(e.embodiment.action_low, np.float32), np.asarray(e.embodiment.action_high, np.float32))
-            for e in envs
-        ]
+    def reset(self, seed: int | None = None, *, env: EpisodeSource) -> EnvState:
+        """The episode state: the environment (for its action bounds) and the episode's seed."""
+        return EnvState(env, seed)
 
-    def reset(self, slots: Sequence[int] | None = None) -> None:
-        """Stateless: nothing to forget."""
+    def predict_chunk(
+        self, observations: Sequence[Observation], states: Sequence[EnvState], request: ChunkRequest = ChunkRequest()
+    ) -> Chunk:
+        """``(B, horizon, action_dim)`` uniform samples within each slot's bounds."""
+        states = _env_states(states, len(observations))
+        rows = []
+        for s in states:
+            emb = s.env.embodiment
+            rng = np.random.default_rng(noise_seed(self.seed if s.seed is None else s.seed, s.calls))
+            lo, hi = np.asarray(emb.action_low, np.float32), np.asarray(emb.action_high, np.float32)
+            rows.append(rng.uniform(lo, hi, size=(self.horizon, lo.shape[0])).astype(np.float32))
+        return Chunk(np.stack(rows), tuple(replace(s, calls=s.calls + 1) for s in states))
 
-    def predict_chunk(self, observations: Sequence[Observation]) -> np.ndarray:
-        """Return ``(B, horizon, action_dim)`` uniform samples within bounds."""
-        return np.stack(
-            [self._rng.uniform(lo, hi, size=(self.horizon, lo.shape[0])).astype(np.float32) for lo, hi in self._bounds]
-        )
+
+BUILTINS = {"expert": ExpertPolicy, "random": RandomPolicy}
+"""Built-in pseudo-policies by name."""
 
 
-def make_builtin(name: str, seed: int = 0):
+def make_builtin(name: str, seed: int = 0) -> PrivilegedPolicy:
     """Build the built-in pseudo-policy ``name`` (``expert`` or ``random``)."""
     if name == "expert":
         return ExpertPolicy()
     if name == "random":
         return RandomPolicy(seed=seed)
-    from lbm.errors import did_you_mean
-
-    raise did_you_mean(name, ["expert", "random"], "built-in policy")
+    raise did_you_mean(name, BUILTINS, "built-in policy")

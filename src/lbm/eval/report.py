@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lbm.eval import stats
+from lbm import stats
 from lbm.eval.compare import cell_label, compare_records
+from lbm.eval.records import cells
 
 # One fixed colour per policy (sorted by name) so every plot of a report agrees.
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf"]
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MAX_VIOLIN_CELLS = 24  # beyond this the per-cell violin grid is unreadable; the aggregate plot remains
 
 
@@ -55,8 +55,17 @@ def plot_success(result: dict, path: Path) -> Path:
         for off, pol in zip(offsets, pols):
             d = succ[(succ["shift"] == shift) & (succ["policy"] == pol)].set_index("task").reindex(tasks)
             y = np.arange(len(tasks)) + off
-            ax.errorbar(d["rate"], y, xerr=[d["rate"] - d["lo"], d["hi"] - d["rate"]], fmt="o", ms=4,
-                        color=colors[pol], capsize=2, lw=1, label=pol)
+            ax.errorbar(
+                d["rate"],
+                y,
+                xerr=[d["rate"] - d["lo"], d["hi"] - d["rate"]],
+                fmt="o",
+                ms=4,
+                color=colors[pol],
+                capsize=2,
+                lw=1,
+                label=pol,
+            )
         ax.set_title("nominal" if shift == "none" else shift, fontsize=10)
         ax.set_xlim(-0.02, 1.02)
         ax.grid(axis="x", alpha=0.3)
@@ -87,13 +96,11 @@ def plot_violins(result: dict, path: Path, samples: int = 10_000) -> Path | None
     colors = _colors(pols)
     ncol = min(4, len(cells))
     nrow = int(np.ceil(len(cells) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.0 + 0.75 * len(pols) * ncol + 0.8, 2.9 * nrow), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.0 + 0.75 * len(pols) * ncol + 0.8, 2.9 * nrow), squeeze=False, sharey=True)
     for ax, cell in zip(axes.ravel(), cells):
         d = succ[(succ["task"] == cell["task"]) & (succ["shift"] == cell["shift"])]
         d = d.sort_values(["rate", "policy"], ascending=[False, True])
-        draws = [stats.beta_posterior(int(r.successes), int(r.n)).samples(samples, seed=i)
-                 for i, r in enumerate(d.itertuples())]
+        draws = [stats.beta_posterior(int(r.successes), int(r.n)).samples(samples, seed=i) for i, r in enumerate(d.itertuples())]
         parts = ax.violinplot(draws, showmeans=False, showextrema=False, widths=0.8)
         for body, pol in zip(parts["bodies"], d["policy"]):
             body.set_facecolor(colors[pol])
@@ -107,12 +114,13 @@ def plot_violins(result: dict, path: Path, samples: int = 10_000) -> Path | None
         ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         ax.set_title(cell_label(cell["task"], cell["shift"]), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes.ravel()[len(cells):]:
+    for ax in axes.ravel()[len(cells) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("success rate")
-    fig.suptitle("Posterior of the success rate, Beta(1+s, 1+f); letters: no shared letter = significantly different",
-                 fontsize=10)
+    fig.suptitle(
+        "Posterior of the success rate, Beta(1+s, 1+f); letters: no shared letter = significantly different", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -132,8 +140,9 @@ def plot_aggregate(result: dict, path: Path) -> Path:
     for ax, key, name in ((axes[0], "mean", "mean success"), (axes[1], "iqm", "IQM")):
         x = np.arange(len(agg))
         ax.bar(x, agg[key], color=[colors[p] for p in agg["policy"]], alpha=0.75)
-        ax.errorbar(x, agg[key], yerr=[agg[key] - agg[f"{key}_lo"], agg[f"{key}_hi"] - agg[key]], fmt="none",
-                    color="k", capsize=3, lw=1)
+        ax.errorbar(
+            x, agg[key], yerr=[agg[key] - agg[f"{key}_lo"], agg[f"{key}_hi"] - agg[key]], fmt="none", color="k", capsize=3, lw=1
+        )
         if key == "mean":
             for xi, let in zip(x, agg["letters"]):
                 ax.text(xi, 1.03, let, ha="center", fontsize=9, fontweight="bold")
@@ -147,8 +156,8 @@ def plot_aggregate(result: dict, path: Path) -> Path:
     return path
 
 
-def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95, reps: int = 1000) -> Path | None:
-    """Mean success across cells vs ``data_fraction`` per ``arm`` (or policy), stratified bootstrap bands."""
+def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95) -> Path | None:
+    """Mean success across cells vs ``data_fraction`` per ``arm`` (or policy), with stratified Wilson bands."""
     if "data_fraction" not in df.columns:
         return None
     import matplotlib
@@ -162,9 +171,9 @@ def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95,
     for name, g in df.groupby(df[group].astype(str)):
         pts = []
         for frac, gf in g.groupby("data_fraction"):
-            # One curve point = one set of policies at a fraction; bootstrap their pooled cells.
-            b = stats.stratified_bootstrap(gf.assign(policy=name), "mean", reps, confidence)
-            pts.append((float(frac), *b.iloc[0][["value", "lo", "hi"]]))
+            # One curve point = one set of policies at a fraction, their cells pooled.
+            m = stats.stratified_mean(cells(gf.assign(policy=str(name)), str(name)), confidence)
+            pts.append((float(str(frac)), m.value, m.lo, m.hi))
         pts.sort()
         x, y, lo, hi = map(np.array, zip(*pts))
         ax.plot(x, y, "o-", color=colors[name], label=name)
@@ -174,19 +183,27 @@ def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95,
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    ax.set_title(f"Data efficiency ({100 * confidence:g}% stratified bootstrap bands)", fontsize=10)
+    ax.set_title(f"Data efficiency ({100 * confidence:g}% stratified Wilson bands)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def write_report(df: pd.DataFrame, out: Path, alpha: float = 0.05, test: str = "boschloo", correction: str = "holm",
-                 confidence: float = 0.95, title: str = "lbm evaluation report",
-                 sections: Sequence[Section] = (), notes: Sequence[str] = ()) -> list[Path]:
+def write_report(
+    df: pd.DataFrame,
+    out: Path,
+    alpha: float = 0.05,
+    test: str = "boschloo",
+    correction: str = "holm",
+    confidence: float = 0.95,
+    title: str = "lbm evaluation report",
+    sections: Sequence[Section] = (),
+    notes: Sequence[str] = (),
+) -> list[Path]:
     """Write report.html (self-contained), report.md, comparison.json and the PNG plots into ``out``.
 
-    ``df`` is a validated records table (:func:`lbm.eval.stats.load_records`). Returns the paths
+    ``df`` is a validated records table (:func:`lbm.eval.records.load_records`). Returns the paths
     written. Statistics: :func:`lbm.eval.compare.compare_records`. ``sections`` (title, header,
     rows) are tables a caller such as ``lbm study`` puts first; ``notes`` are extra warnings.
     """
@@ -218,26 +235,62 @@ def _tables(result: dict) -> tuple[list[str], list[list[str]], list[str], list[l
     s = result["settings"]
     conf = f"{100 * s['confidence']:g}%"
     h1 = ["task", "shift", "policy", "n", "successes", "rate", f"{conf} {s['interval']}", "posterior mean", "letters"]
-    r1 = [[r["task"], r["shift"], r["policy"], str(r["n"]), str(r["successes"]), f"{r['rate']:.3f}",
-           f"[{r['lo']:.3f}, {r['hi']:.3f}]", f"{r['post_mean']:.3f}", r["letters"]] for r in result["success"]]
+    r1 = [
+        [
+            r["task"],
+            r["shift"],
+            r["policy"],
+            str(r["n"]),
+            str(r["successes"]),
+            f"{r['rate']:.3f}",
+            f"[{r['lo']:.3f}, {r['hi']:.3f}]",
+            f"{r['post_mean']:.3f}",
+            r["letters"],
+        ]
+        for r in result["success"]
+    ]
     h2 = ["task", "shift", "a", "b", "a − b", f"Newcombe {conf}", "p", f"p ({s['correction']})", "significant", "MDD"]
-    r2 = [[r["task"], r["shift"], r["a"], r["b"], f"{r['diff']:+.3f}", f"[{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]",
-           f"{r['p']:.4g}", f"{r['p_adj']:.4g}", "yes" if r["significant"] else "no", f"{r['mdd']:.3f}"]
-          for r in result["pairwise"]]
+    r2 = [
+        [
+            r["task"],
+            r["shift"],
+            r["a"],
+            r["b"],
+            f"{r['diff']:+.3f}",
+            f"[{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]",
+            f"{r['p']:.4g}",
+            f"{r['p_adj']:.4g}",
+            "yes" if r["significant"] else "no",
+            "-" if r["mdd"] is None else f"{r['mdd']:.3f}",
+        ]
+        for r in result["pairwise"]
+    ]
     h3 = ["policy", "cells", "trials", "mean", f"{conf} CI", "IQM", f"{conf} CI", "letters"]
     agg = sorted(result["aggregate"]["policies"], key=lambda r: (-r["mean"], r["policy"]))
-    r3 = [[r["policy"], str(r["cells"]), str(r["trials"]), f"{r['mean']:.3f}", f"[{r['mean_lo']:.3f}, {r['mean_hi']:.3f}]",
-           f"{r['iqm']:.3f}", f"[{r['iqm_lo']:.3f}, {r['iqm_hi']:.3f}]", r["letters"]]
-          for r in agg]
+    r3 = [
+        [
+            r["policy"],
+            str(r["cells"]),
+            str(r["trials"]),
+            f"{r['mean']:.3f}",
+            f"[{r['mean_lo']:.3f}, {r['mean_hi']:.3f}]",
+            f"{r['iqm']:.3f}",
+            f"[{r['iqm_lo']:.3f}, {r['iqm_hi']:.3f}]",
+            r["letters"],
+        ]
+        for r in agg
+    ]
     return h1, r1, h2, r2, h3, r3
 
 
 def _settings_line(result: dict) -> str:
     s = result["settings"]
-    return (f"{len(result['policies'])} policies, {len(result['cells'])} task/shift cells. Pairwise test: {s['test']}; "
-            f"{s['correction']} correction {'within each cell' if s['family'] == 'cell' else 'over all pairs'}; "
-            f"family-wise alpha {s['alpha']:g}. Policies that share a letter are not separated; policies that "
-            "share no letter differ significantly. Schema " + result["schema_version"] + ".")
+    return (
+        f"{len(result['policies'])} policies, {len(result['cells'])} task/shift cells. Pairwise test: {s['test']}; "
+        f"{s['correction']} correction {'within each cell' if s['family'] == 'cell' else 'over all pairs'}; "
+        f"family-wise alpha {s['alpha']:g}. Policies that share a letter are not separated; policies that "
+        "share no letter differ significantly. Schema " + result["schema_version"] + "."
+    )
 
 
 def _markdown(result: dict, figures: list[tuple[str, Path]], title: str, sections: Sequence[Section] = ()) -> str:
@@ -249,8 +302,7 @@ def _markdown(result: dict, figures: list[tuple[str, Path]], title: str, section
     parts = [f"# {title}", ""]
     for name, header, rows in sections:
         parts += [f"## {name}", "", table(header, rows), ""]
-    parts += [_settings_line(result), "", "## Verdicts", "",
-             *(f"- {v}" for v in result["verdicts"]), ""]
+    parts += [_settings_line(result), "", "## Verdicts", "", *(f"- {v}" for v in result["verdicts"]), ""]
     if result["warnings"]:
         parts += ["## Warnings", "", *(f"- **warning:** {w}" for w in result["warnings"]), ""]
     for name, p in figures:
@@ -285,12 +337,18 @@ def _html(result: dict, figures: list[tuple[str, Path]], title: str, sections: S
             body.append(f"<tr{cls}>{tds}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style>"
-             f"</head><body><h1>{esc(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style>"
+        f"</head><body><h1>{esc(title)}</h1>"
+    ]
     for name, header, rows in sections:
         parts += [f"<h2>{esc(name)}</h2>", table(header, rows)]
-    parts += [f"<p class='muted'>{esc(_settings_line(result))}</p>",
-             "<h2>Verdicts</h2><ul>", *(f"<li>{esc(v)}</li>" for v in result["verdicts"]), "</ul>"]
+    parts += [
+        f"<p class='muted'>{esc(_settings_line(result))}</p>",
+        "<h2>Verdicts</h2><ul>",
+        *(f"<li>{esc(v)}</li>" for v in result["verdicts"]),
+        "</ul>",
+    ]
     parts += [f"<div class='warn'><b>warning:</b> {esc(w)}</div>" for w in result["warnings"]]
     for name, p in figures:
         data = base64.b64encode(p.read_bytes()).decode()

@@ -1,17 +1,19 @@
 """Policies: one registry of families sharing a conditioning stack and a transformer action expert.
 
-    policy = build_policy(policy_config("flow", "small"), embodiments, stats)
-    loss, metrics = policy.compute_loss(batch)      # training
-    actions = policy.predict_chunk([observation])   # (B, T, A) in embodiment units
+policy = build_policy(policy_config("flow", "small"), embodiments, stats)
+loss, metrics = policy.compute_loss(batch)                     # training
+state = policy.reset(seed)                                     # the runtime contract (lbm.policies.base)
+chunk = policy.predict_chunk([observation], [state])           # chunk.actions: (B, T, A), embodiment units
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
+from lbm.data.normalize import FeatureStats
 from lbm.errors import did_you_mean
-from lbm.policies.common import ChunkPolicy
+from lbm.policies.base import Chunk, ChunkRequest, Policy, PolicyState, PrivilegedPolicy
+from lbm.policies.common import ChunkPolicy, ChunkState
 from lbm.policies.config import SIZES, PolicyConfig, config_from_json, config_to_json, policy_config
 from lbm.policies.diffusion import DiffusionPolicy
 from lbm.policies.discrete import DiscretePolicy
@@ -30,7 +32,7 @@ POLICIES: dict[str, type[ChunkPolicy]] = {
 def build_policy(
     config: PolicyConfig,
     embodiments: Sequence[Embodiment],
-    stats: dict[str, dict[str, Any]],
+    stats: Mapping[str, Mapping[str, FeatureStats]],
     instructions: InstructionCache | None = None,
 ) -> ChunkPolicy:
     """Build a freshly initialized policy of ``config.family``.
@@ -46,7 +48,13 @@ def build_policy(
 __all__ = [
     "POLICIES",
     "SIZES",
+    "Chunk",
     "ChunkPolicy",
+    "ChunkRequest",
+    "ChunkState",
+    "Policy",
+    "PolicyState",
+    "PrivilegedPolicy",
     "InstructionCache",
     "PolicyConfig",
     "build_policy",

@@ -5,66 +5,31 @@ A action width (``S``/``A`` are padded to the widest embodiment: ``Smax``/``Amax
 C conditioning tokens.
 
 A family subclasses :class:`ChunkPolicy` and implements ``_loss`` (training math) and ``_sample``
-(sampling math) on *normalized* actions; normalization, the observation history of each serving
-slot, unnormalization and clipping live here, once.
+(sampling math) on *normalized* actions; normalization, the runtime contract (caller-owned
+per-robot state, seeded noise, features), unnormalization and clipping live here, once.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lbm.data.normalize import DegenerateStatsError, FeatureStats, Normalizer
 from lbm.errors import LbmError
-from lbm.policies.config import PolicyConfig, validate_config
+from lbm.policies.base import Chunk, ChunkRequest, noise_seed
+from lbm.policies.config import ALL_EMBODIMENTS, PolicyConfig, constant_dims_by_embodiment, validate_config
 from lbm.policies.language import InstructionCache
-from lbm.schema import ACTION, PAD_SUFFIX, STATE, Embodiment, Observation, image_key
-
-STATE_PAD = STATE + PAD_SUFFIX
-ACTION_PAD = ACTION + PAD_SUFFIX
+from lbm.schema import ACTION, ACTION_PAD, STATE, STATE_PAD, Embodiment, Observation, image_key
 
 # Parameters whose first axis is the embodiment (copied row by row, by name, when finetuning).
 PER_EMBODIMENT_SUFFIXES = ("state_w", "state_b", "embodiment_token", "action_in_w", "action_in_b", "action_out_w", "action_out_b")
-
-
-# ---- normalization ---------------------------------------------------------------------------------
-
-
-def _stat(stats: Any, name: str) -> np.ndarray | None:
-    value = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
-    return None if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
-
-
-def shift_scale(stats: Any, mode: str, feature: str, embodiment: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(shift, scale)`` with ``normalized = (x - shift) / scale`` for one feature's stats.
-
-    'mean_std' -> (mean, std); 'min_max' and 'quantile' map [min, max] or [q01, q99] to [-1, 1].
-    Dimensions that never vary in the data (zero spread, e.g. the second object's slots in a
-    one-object task) are centred but not scaled: they carry no information, and dividing by ~0 would
-    turn float noise into huge inputs. NaN statistics are an error.
-    """
-    keys = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile": ("q01", "q99")}[mode]
-    a, b = (_stat(stats, k) for k in keys)
-    if a is None or b is None:
-        raise LbmError(
-            f"Normalization stats of {feature!r} for embodiment {embodiment!r} lack {keys} needed by "
-            f"{mode!r} normalization. Recompute the dataset stats (lbm data info/audit) or choose another mode."
-        )
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
-        raise LbmError(f"Normalization stats of {feature!r} for {embodiment!r} are NaN/inf in dims {bad.tolist()}; the dataset has bad values. Run `lbm data audit`.")
-    if mode == "mean_std":
-        shift, scale = a, b
-    else:
-        shift, scale = (a + b) / 2, (b - a) / 2
-    scale = np.where(scale > 1e-6 * np.maximum(1.0, np.abs(shift)), scale, 1.0)
-    return shift.astype(np.float32), scale.astype(np.float32)
 
 
 # ---- building blocks -------------------------------------------------------------------------------
@@ -124,6 +89,7 @@ class Block(nn.Module):
         T = act.shape[1]
         q_obs, k_obs, v_obs = self.obs.heads(obs, self.heads)
         q_act, k_act, v_act = self.act.heads(act, self.heads)
+        q_act = cast(torch.Tensor, q_act)  # the action stream is never kv-only
         k, v = torch.cat([k_obs, k_act], dim=2), torch.cat([v_obs, v_act], dim=2)
         q = q_act if q_obs is None else torch.cat([q_obs, q_act], dim=2)
         p = self.dropout if self.training else 0.0
@@ -141,13 +107,19 @@ def _stream_weights(stream: Stream) -> tuple[torch.Tensor, ...] | None:
         return None
     with torch.no_grad():
         return tuple(
-            t for m in modules for t in (
-                (m.weight.detach().t().contiguous(), m.bias.detach()) if type(m) is nn.Linear else (m.weight.detach(), m.bias.detach())
+            t
+            for m in modules
+            for t in (
+                (m.weight.detach().t().contiguous(), m.bias.detach())
+                if type(m) is nn.Linear
+                else (m.weight.detach(), m.bias.detach())
             )
         )
 
 
-def _fast_stream(x: torch.Tensor, w: tuple[torch.Tensor, ...], heads: int, views: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+def _fast_stream(
+    x: torch.Tensor, w: tuple[torch.Tensor, ...], heads: int, views: tuple[torch.Tensor, ...]
+) -> torch.Tensor | None:
     """One stream through one block on the inference fast path (same math as Stream/Block forward).
 
     ``views`` (from :meth:`Transformer._cache_views`): where the rows of ``x`` write their keys and
@@ -184,12 +156,21 @@ class Transformer(nn.Module):
         self.heads = config.num_heads
         self.inner = config.d_model
         self._fast: tuple | None = None  # (key, per-block inference weights), see _inference_weights
+        self.register_load_state_dict_post_hook(lambda module, keys: module.invalidate())
+
+    @property
+    def block_list(self) -> list[Block]:
+        """The blocks, typed."""
+        return [cast(Block, b) for b in self.blocks]
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, causal: bool = False) -> torch.Tensor:
         """``obs`` (B, C, D), ``act`` (B, T, Da) -> action features (B, T, Da)."""
         mask = prefix_mask(obs.shape[1], act.shape[1], causal, obs.device)
-        for block in self.blocks:
-            obs, act = block(obs, act, mask)
+        state: torch.Tensor | None = obs
+        for block in self.block_list:
+            if state is None:  # only the last block returns no observation tokens
+                break
+            state, act = block(state, act, mask)
         return self.norm(act)
 
     # ---- inference fast path: the same math as forward, fewer and cheaper ops ----------------------
@@ -199,19 +180,36 @@ class Transformer(nn.Module):
     # or decoding step then runs only the action stream, with pre-transposed contiguous weights
     # (addmm). tests/test_policies.py checks this path against forward.
 
+    def train(self, mode: bool = True) -> Transformer:
+        """Switch mode; the inference weights are rebuilt on the next use (training changes the weights)."""
+        self.invalidate()
+        return super().train(mode)
+
+    def invalidate(self) -> None:
+        """Drop the inference copies of the weights (mode switches and ``load_state_dict`` do it themselves)."""
+        self._fast = None
+
+    def _fingerprint(self) -> tuple:
+        """What identifies the current weights: storage, dtype and device of every parameter, and a sample of
+        its values (about 9 elements each), so in-place updates (an optimizer or EMA step in eval mode,
+        ``p.mul_``) are seen. One gather per parameter, once per chunk: ~0.1 ms."""
+        params = [p.detach() for p in self.parameters()]
+        sample = torch.cat([p.reshape(-1)[:: max(1, p.numel() // 8)].float() for p in params])
+        return tuple((p.data_ptr(), p.dtype, p.device) for p in params), tuple(sample.tolist())
+
     def _inference_weights(self) -> list[tuple] | None:
         """Per block ``(observation stream weights, action stream weights)`` for :func:`_fast_stream`.
 
-        Rebuilt whenever a parameter changes (optimizer step, load_state_dict, .to()); None in
-        training mode or when a layer is not plain (an unmerged LoRA adapter), where callers use
-        :meth:`forward`.
+        Rebuilt when the weights change (see :meth:`_fingerprint`), the mode changes, or weights are
+        loaded; None in training mode or when a layer is not plain (an unmerged LoRA adapter), where
+        callers use :meth:`forward`.
         """
         if self.training:
             return None
-        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype) for p in self.parameters())
+        key = self._fingerprint()
         if self._fast is not None and self._fast[0] == key:
             return self._fast[1]
-        layers = [(_stream_weights(b.obs), _stream_weights(b.act)) for b in self.blocks]
+        layers = [(_stream_weights(b.obs), _stream_weights(b.act)) for b in self.block_list]
         if any(w is None for pair in layers for w in pair):
             return None
         self._fast = (key, layers)
@@ -229,8 +227,10 @@ class Transformer(nn.Module):
         B, C, _ = obs.shape
         shape = (2, B, self.heads, C + extra, self.inner // self.heads)  # keys and values
         cache = {"n": 0, "weights": weights, "kv": [obs.new_empty(shape) for _ in weights], "views": {}}
-        x = obs
+        x: torch.Tensor | None = obs
         for w_obs, views in zip((w for w, _ in weights), self._cache_views(cache, C)):
+            if x is None:  # only the last block's observation stream is kv-only (returns None)
+                break
             x = _fast_stream(x, w_obs, self.heads, views)
         cache["n"] = C
         return cache
@@ -258,7 +258,7 @@ class Transformer(nn.Module):
         """
         x = act
         for (_, w_act), views in zip(cache["weights"], self._cache_views(cache, act.shape[1])):
-            x = _fast_stream(x, w_act, self.heads, views)
+            x = cast(torch.Tensor, _fast_stream(x, w_act, self.heads, views))  # action streams are never kv-only
         if advance:
             cache["n"] += act.shape[1]
         return F.layer_norm(x, (x.shape[-1],), self.norm.weight, self.norm.bias)
@@ -343,20 +343,39 @@ def _per_embodiment_linear(E: int, din: int, dout: int) -> tuple[nn.Parameter, n
 # ---- the policy base class -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ChunkState:
+    """One robot's episode state for a :class:`ChunkPolicy` (owned by the caller, see ``lbm.policies.base``)."""
+
+    history: tuple[Observation, ...] = ()
+    """The latest ``history`` observations, oldest first (empty at episode start)."""
+    seed: int | None = None
+    """Seed of the episode's sampling noise; None draws from the process's random stream."""
+    calls: int = 0
+    """Chunks predicted so far in this episode (the noise of chunk k is seeded by (seed, k))."""
+
+
 class ChunkPolicy(nn.Module):
-    """Base of every family: conditioning stack, transformer, normalization, serving slots.
+    """Base of every family: conditioning stack, transformer, normalization, the runtime contract.
 
     Build through :func:`lbm.policies.build_policy`. ``stats[embodiment][feature]`` are the dataset
-    statistics (``FeatureStats`` or dicts with mean/std/min/max/q01/q99).
+    statistics (:class:`lbm.data.FeatureStats`); normalization is :class:`lbm.data.Normalizer`'s,
+    with its constants stored as buffers so that they travel in ``model.safetensors``.
     """
 
     family = ""
+    # Buffers (E, Smax) / (E, Amax): normalization per embodiment, and which action dims it has.
+    state_shift: torch.Tensor
+    state_scale: torch.Tensor
+    action_shift: torch.Tensor
+    action_scale: torch.Tensor
+    action_mask: torch.Tensor
 
     def __init__(
         self,
         config: PolicyConfig,
         embodiments: Sequence[Embodiment],
-        stats: dict[str, dict[str, Any]],
+        stats: Mapping[str, Mapping[str, FeatureStats]],
         instructions: InstructionCache | None = None,
     ):
         super().__init__()
@@ -376,17 +395,18 @@ class ChunkPolicy(nn.Module):
         bufs = {n: torch.zeros(E, self.S if n.startswith("state") else self.A) for n in names}
         bufs["state_scale"].fill_(1.0)
         bufs["action_scale"].fill_(1.0)
+        marked = constant_dims_by_embodiment(config.constant_dims)
         for i, e in enumerate(embodiments):
-            if e.name not in stats:
-                raise LbmError(f"No normalization stats for embodiment {e.name!r} (have {sorted(stats)}). Recompute the dataset stats.")
-            for feature, mode, dim, prefix in ((STATE, config.state_norm, e.state_dim, "state"), (ACTION, config.action_norm, e.action_dim, "action")):
-                if feature not in stats[e.name]:
-                    raise LbmError(f"Stats of embodiment {e.name!r} lack feature {feature!r}. Recompute the dataset stats.")
-                shift, scale = shift_scale(stats[e.name][feature], mode, feature, e.name)
+            normalizer = embodiment_normalizer(e, stats, config, marked)
+            for feature, dim, prefix in ((STATE, e.state_dim, "state"), (ACTION, e.action_dim, "action")):
+                shift, scale = normalizer.affine(feature)
                 if shift.shape != (dim,):
-                    raise LbmError(f"Stats of {feature!r} for {e.name!r} have {shift.shape[0]} dims but the embodiment has {dim}. The stats belong to another dataset; recompute them.")
-                bufs[f"{prefix}_shift"][i, :dim] = torch.from_numpy(shift)
-                bufs[f"{prefix}_scale"][i, :dim] = torch.from_numpy(scale)
+                    raise LbmError(
+                        f"Stats of {feature!r} for {e.name!r} have {shift.shape[0]} dims but the embodiment has "
+                        f"{dim}. The stats belong to another dataset; recompute them."
+                    )
+                bufs[f"{prefix}_shift"][i, :dim] = torch.from_numpy(shift.astype(np.float32))
+                bufs[f"{prefix}_scale"][i, :dim] = torch.from_numpy(scale.astype(np.float32))
             bufs["action_mask"][i, : e.action_dim] = 1.0
         for n, b in bufs.items():
             self.register_buffer(n, b)
@@ -402,16 +422,35 @@ class ChunkPolicy(nn.Module):
             self.image_encoder = ConvEncoder(config.cnn_widths, D, config.image_tokens)
             self.camera_token = nn.Parameter(torch.randn(len(config.cameras), D) * 0.02)
         self.expert = Transformer(config)
-        self._slots: dict[int, deque[Observation]] = {}
 
-    # ---- attributes the serving side reads ----
+    # ---- the declared properties of the runtime contract ----
     @property
     def horizon(self) -> int:
+        """T: actions per chunk."""
         return self.config.horizon
 
     @property
     def history(self) -> int:
+        """H: observations per robot the policy conditions on."""
         return self.config.history
+
+    @property
+    def execute_steps(self) -> int | None:
+        """Actions to execute per chunk by default (None: the whole chunk)."""
+        return self.config.execute_steps
+
+    def describe(self) -> dict[str, Any]:
+        """Family, sizes, cameras and the instructions cached in the policy (their embeddings are known)."""
+        c = self.config
+        return {
+            "family": c.family,
+            "horizon": c.horizon,
+            "history": c.history,
+            "cameras": list(c.cameras),
+            "image_size": c.image_size,
+            "execute_steps": c.execute_steps,
+            "instructions": sorted(self.instructions.table),
+        }
 
     def head_parameter_names(self) -> list[str]:
         """Parameters trained in 'head_only' finetuning (everything outside the encoders and trunk)."""
@@ -419,18 +458,22 @@ class ChunkPolicy(nn.Module):
         return [n for n, _ in self.named_parameters() if not n.startswith(trunk)]
 
     # ---- batch preparation ----
-    def _embodiment_index(self, names: Sequence[str]) -> torch.Tensor:
+    def embodiment_index(self, names: Sequence[str]) -> torch.Tensor:
+        """Row of each embodiment name in the per-embodiment parameters and buffers: (B,) long."""
         idx = []
         for n in names:
             if n not in self.embodiments:
-                raise LbmError(f"Embodiment {n!r} is unknown to this policy (it knows {sorted(self.embodiments)}). Finetune the policy on data of {n!r} first.")
+                raise LbmError(
+                    f"Embodiment {n!r} is unknown to this policy (it knows {sorted(self.embodiments)}). Finetune "
+                    f"the policy on data of {n!r} first."
+                )
             idx.append(list(self.embodiments).index(n))
         return torch.tensor(idx, dtype=torch.long, device=self.state_shift.device)
 
     def prepare(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Normalize a collated batch: raw values in, model tensors out (all on the model's device)."""
         dev = self.state_shift.device
-        e = self._embodiment_index(batch["embodiment"])
+        e = self.embodiment_index(batch["embodiment"])
         state = _pad_last(batch[STATE].to(dev, torch.float32), self.S)  # (B, H, Smax)
         state = (state - self.state_shift[e, None]) / self.state_scale[e, None]
         # Dims beyond an embodiment's own state width stay exactly 0 (they meet zero weights anyway).
@@ -443,7 +486,10 @@ class ChunkPolicy(nn.Module):
         for cam in self.config.cameras:
             key = image_key(cam)
             if key not in batch:
-                raise LbmError(f"The policy looks at camera {cam!r} but the batch has no {key!r}. Generate data with --cameras {cam} or train a state-only policy.")
+                raise LbmError(
+                    f"The policy looks at camera {cam!r} but the batch has no {key!r}. Generate data with "
+                    f"--cameras {cam} or train a state-only policy."
+                )
             out[key] = batch[key].to(dev)
         if ACTION in batch:
             action = _pad_last(batch[ACTION].to(dev, torch.float32), self.A)
@@ -487,7 +533,7 @@ class ChunkPolicy(nn.Module):
         o = (size - c) // 2
         return x[:, :, o : o + c, o : o + c]
 
-    # ---- the contract ----
+    # ---- training ----
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Same as :meth:`compute_loss` (DDP hooks run on ``forward``)."""
         return self.compute_loss(batch)
@@ -500,30 +546,26 @@ class ChunkPolicy(nn.Module):
         loss, metrics = self._loss(p, self.encode(p))
         return loss, {"loss": float(loss.detach()), **metrics}
 
-    keep_features: bool = False
-    """When True, :meth:`sample_actions` sets :attr:`last_features` (off by default: no cost)."""
-    last_features: torch.Tensor | None = None
-    """(B, action_d_model) last-layer features of the latest :meth:`sample_actions` call (with
-    ``keep_features``): the action expert's final (normed) hidden states of the action tokens at its
-    last forward pass (the last denoising step for flow/diffusion, the last decoding step for
-    discrete), averaged over the tokens."""
-
+    # ---- sampling ----
     @torch.no_grad()
-    def sample_actions(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Normalized action chunks (B, T, Amax) for a collated observation batch."""
+    def sample_actions(
+        self, batch: dict[str, Any], noise: torch.Tensor | None = None, reference: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(normalized chunks (B, T, Amax), features (B, Da))`` for a collated observation batch.
+
+        ``noise`` (B, T, Amax): the initial noise of flow / diffusion sampling (None: drawn from the
+        global stream); the discrete family ignores it. ``features``: the action expert's final
+        (normed) hidden states of the action tokens at its last pass (the last denoising step for
+        flow/diffusion; averaged over decoding steps for discrete), averaged over the tokens.
+        ``reference=True`` runs the plain loop (one full expert forward per step) instead of the
+        cached fast path; the two agree (tests/test_policies.py) and benchmarks compare them.
+        """
         p = self.prepare(batch)
         cond = self.encode(p)
-        if not self.keep_features:
-            return self._sample(p, cond)
-
-        def keep(module, args, out):  # every expert pass overwrites: the last one (final step) remains
-            self.last_features = out.float().mean(1)
-
-        handle = self.expert.register_forward_hook(keep)
-        try:
-            return self._sample(p, cond)
-        finally:
-            handle.remove()
+        if noise is None:
+            noise = torch.randn(cond.shape[0], self.config.horizon, self.A, device=cond.device)
+        noise = noise.to(cond.device)
+        return self._sample_reference(p, cond, noise) if reference else self._sample(p, cond, noise)
 
     def unnormalize(self, actions: torch.Tensor, embodiment: torch.Tensor) -> torch.Tensor:
         """(B, T, Amax) normalized -> raw units."""
@@ -532,77 +574,184 @@ class ChunkPolicy(nn.Module):
     def _loss(self, p, cond) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def _sample(self, p, cond) -> torch.Tensor:
+    def _sample(self, p, cond, noise) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    # ---- serving: per-slot observation history ----
-    def reset(self, slots: Sequence[int] | None = None) -> None:
-        """Forget the observation history of ``slots`` (all when None)."""
-        if slots is None:
-            self._slots.clear()
-        else:
-            for s in slots:
-                self._slots.pop(int(s), None)
+    def _sample_reference(self, p, cond, noise) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # ---- the runtime contract (lbm.policies.base.Policy) ----
+    def reset(self, seed: int | None = None) -> ChunkState:
+        """A fresh state for one robot's episode; ``seed`` fixes the episode's sampling noise."""
+        return ChunkState(seed=None if seed is None else int(seed))
 
     @torch.inference_mode()
-    def predict_chunk(self, observations: Sequence[Observation]) -> np.ndarray:
-        """Actions (B, T, action_dim) float32 in embodiment units, clipped to the bounds.
+    def predict_chunk(
+        self, observations: Sequence[Observation], states: Sequence[ChunkState], request: ChunkRequest = ChunkRequest()
+    ) -> Chunk:
+        """Actions (B, T, action_dim) float32 in embodiment units, clipped to the bounds, and each slot's next state.
 
-        ``observations[i]`` is slot i's newest observation; the policy keeps the last ``history``
-        observations of every slot (call :meth:`reset` at episode start).
+        ``observations[i]`` is slot i's newest observation and ``states[i]`` its state (from
+        :meth:`reset` at episode start, then from the previous call's ``Chunk.states``).
         """
         if len(observations) == 0:
             raise LbmError("predict_chunk needs at least one observation.")
-        H = self.config.history
-        names = []
-        for obs in observations:
-            name = obs.embodiment or (next(iter(self.embodiments)) if len(self.embodiments) == 1 else "")
-            if name not in self.embodiments:
-                raise LbmError(f"Observation embodiment {obs.embodiment!r} is unknown to this policy (it knows {sorted(self.embodiments)}); set Observation.embodiment.")
-            if obs.state.shape != (self.embodiments[name].state_dim,):
-                raise LbmError(f"Observation state has shape {obs.state.shape} but embodiment {name!r} expects ({self.embodiments[name].state_dim},).")
-            for cam in self.config.cameras:
-                if cam not in obs.images:
-                    raise LbmError(f"The policy needs camera {cam!r} but the observation has {sorted(obs.images)}. Render that camera.")
-            names.append(name)
+        if len(states) != len(observations):
+            raise LbmError(
+                f"predict_chunk got {len(observations)} observations but {len(states)} states; pass one state per "
+                "slot (policy.reset() at episode start)."
+            )
+        names = [self._check_observation(obs) for obs in observations]
         dims = {self.embodiments[n].action_dim for n in names}
         if len(dims) > 1:
-            raise LbmError(f"One predict_chunk call mixes embodiments with different action sizes {sorted(dims)}; call once per embodiment.")
-        states, pads, images = [], [], {cam: [] for cam in self.config.cameras}
-        for i, obs in enumerate(observations):
-            hist = self._slots.setdefault(i, deque(maxlen=H))
-            hist.append(obs)
-            seq = [hist[0]] * (H - len(hist)) + list(hist)  # repeat the oldest, marked as padding
-            states.append(np.stack([_pad_np(o.state, self.S) for o in seq]))
-            pads.append([j < H - len(hist) for j in range(H)])
-            for cam in self.config.cameras:
-                images[cam].append(np.stack([o.images[cam] for o in seq]))
+            raise LbmError(
+                f"One predict_chunk call mixes embodiments with different action sizes {sorted(dims)}; call once per embodiment."
+            )
+        if request.action_samples and (request.action_samples < 2 or self.family not in ("flow", "diffusion")):
+            raise LbmError(
+                f"action_samples={request.action_samples}: the variance of extra action samples needs at least "
+                f"2 samples of a generative (flow/diffusion) policy; this one is {self.family!r}."
+            )
+        H = self.config.history
+        new_states, windows, pads = [], [], []
+        for obs, state in zip(observations, states):
+            if not isinstance(state, ChunkState):
+                raise LbmError(
+                    f"predict_chunk got a state of type {type(state).__name__}; pass the states returned by this "
+                    "policy's reset() and predict_chunk()."
+                )
+            history = (*state.history, obs)[-H:]
+            new_states.append(ChunkState(history, state.seed, state.calls + 1))
+            windows.append([history[0]] * (H - len(history)) + list(history))  # repeat the oldest, marked as padding
+            pads.append([j < H - len(history) for j in range(H)])
         batch: dict[str, Any] = {
-            STATE: torch.from_numpy(np.stack(states)),
+            STATE: torch.from_numpy(np.stack([np.stack([_pad_np(o.state, self.S) for o in w]) for w in windows])),
             STATE_PAD: torch.tensor(pads),
             "task": [o.instruction for o in observations],
             "embodiment": names,
         }
         for cam in self.config.cameras:
-            batch[image_key(cam)] = torch.from_numpy(np.stack(images[cam]))
+            batch[image_key(cam)] = torch.from_numpy(np.stack([np.stack([o.images[cam] for o in w]) for w in windows]))
         was_training = self.training
         if was_training:  # (toggling walks every module: skipped when already in eval mode)
             self.eval()
         try:
-            actions = self.sample_actions(batch)
+            p = self.prepare(batch)
+            cond = self.encode(p)
+            actions, features = self._sample(p, cond, self.initial_noise(states, 0, cond.device))
+            variance = None
+            if request.action_samples:
+                variance = self._sample_variance(p, cond, states, request.action_samples)
         finally:
             if was_training:
                 self.train()
-        raw = self.unnormalize(actions.float(), self._embodiment_index(names)).cpu().numpy()
+        e = p["embodiment"]
+        raw = self.unnormalize(actions.float(), e).cpu().numpy()
         emb = self.embodiments[names[0]]
-        return emb.clip_actions(raw[..., : emb.action_dim]).astype(np.float32)
+        return Chunk(
+            actions=emb.clip_actions(raw[..., : emb.action_dim]).astype(np.float32),
+            states=tuple(new_states),
+            features=features.float().cpu().numpy() if request.features else None,
+            action_variance=variance,
+        )
+
+    def _check_observation(self, obs: Observation) -> str:
+        name = obs.embodiment or (next(iter(self.embodiments)) if len(self.embodiments) == 1 else "")
+        if name not in self.embodiments:
+            raise LbmError(
+                f"Observation embodiment {obs.embodiment!r} is unknown to this policy (it knows "
+                f"{sorted(self.embodiments)}); set Observation.embodiment."
+            )
+        if obs.state.shape != (self.embodiments[name].state_dim,):
+            raise LbmError(
+                f"Observation state has shape {obs.state.shape} but embodiment {name!r} expects "
+                f"({self.embodiments[name].state_dim},)."
+            )
+        for cam in self.config.cameras:
+            if cam not in obs.images:
+                raise LbmError(
+                    f"The policy needs camera {cam!r} but the observation has {sorted(obs.images)}. Render that camera."
+                )
+        return name
+
+    def initial_noise(self, states: Sequence[ChunkState], sample: int = 0, device: torch.device | None = None) -> torch.Tensor:
+        """The initial sampling noise (B, T, Amax) ``predict_chunk`` draws for these states: per slot from its
+        episode seed and chunk count (``sample`` > 0: the extra action samples), or from the global stream if
+        the slot is unseeded. Reproduces a chunk with ``sample_actions(batch, noise)``."""
+        shape = (self.config.horizon, self.A)
+        rows = []
+        for s in states:
+            if s.seed is None:
+                rows.append(torch.randn(shape))
+            else:
+                g = torch.Generator().manual_seed(noise_seed(s.seed, s.calls, sample))
+                rows.append(torch.randn(shape, generator=g))
+        return torch.stack(rows).to(device or self.state_shift.device)
+
+    def _sample_variance(
+        self, p: dict[str, torch.Tensor], cond: torch.Tensor, states: Sequence[ChunkState], k: int
+    ) -> np.ndarray:
+        """(B,) variance across ``k`` extra chunks per slot (normalized units, mean over steps and valid dims)."""
+        B = cond.shape[0]
+        noise = torch.stack([self.initial_noise(states, j + 1, cond.device) for j in range(k)], 1).flatten(0, 1)  # (B*k, T, A)
+        e = p["embodiment"]
+        extra, _ = self._sample({**p, "embodiment": e.repeat_interleave(k)}, cond.repeat_interleave(k, 0), noise)
+        a = extra.float().view(B, k, *extra.shape[1:])
+        mask = self.action_mask[e][:, None]  # (B, 1, Amax)
+        var = a.var(1, unbiased=True)  # (B, T, Amax)
+        return ((var * mask).sum((1, 2)) / (mask.sum((1, 2)) * var.shape[1])).cpu().numpy().astype(np.float64)
+
+
+def embodiment_normalizer(
+    embodiment: Embodiment,
+    stats: Mapping[str, Mapping[str, FeatureStats]],
+    config: PolicyConfig,
+    marked: Mapping[str, Mapping[str, tuple[int, ...]]] | None = None,
+) -> Normalizer:
+    """The :class:`lbm.data.Normalizer` of one embodiment's state and actions under ``config``.
+
+    Exactly constant dimensions (the stats say so) and the dimensions ``config.constant_dims`` marks
+    pass through; a nearly constant, NaN or inf dimension is a :class:`DegenerateStatsError` naming
+    the feature, the embodiment and the dimension, with the flag that marks it.
+    """
+    name = embodiment.name
+    if name not in stats:
+        raise LbmError(f"No normalization stats for embodiment {name!r} (have {sorted(stats)}). Recompute the dataset stats.")
+    modes = {STATE: config.state_norm, ACTION: config.action_norm}
+    for feature in modes:
+        if feature not in stats[name]:
+            raise LbmError(f"Stats of embodiment {name!r} lack feature {feature!r}. Recompute the dataset stats.")
+    marked = constant_dims_by_embodiment(config.constant_dims) if marked is None else marked
+    mine = marked.get(name, marked.get(ALL_EMBODIMENTS, {}))
+    constant = {f: tuple(sorted(set(stats[name][f].constant_dims) | set(mine.get(f, ())))) for f in modes}
+    try:
+        return Normalizer({f: stats[name][f] for f in modes}, modes, constant)
+    except DegenerateStatsError as error:
+        feature, dims = error.feature, error.dims
+        flag = f"--policy.constant-dims {name}/{feature}:{','.join(map(str, dims))}"
+        raise DegenerateStatsError(
+            f"Embodiment {name!r}: {error} If these dimensions carry no information (e.g. the orientation of an object "
+            f"that never turns, constant up to float noise), mark them constant: {flag}.",
+            feature,
+            dims,
+        ) from None
+
+
+def pool_features(h: torch.Tensor | None) -> torch.Tensor:
+    """Features (B, Da) of the last expert pass: its action-token outputs (B, N, Da), averaged over the tokens."""
+    if h is None:
+        raise LbmError("No sampling step ran; flow_steps and diffusion_sample_steps must be at least 1.")
+    return h.float().mean(1)
 
 
 def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
     if x.shape[-1] == width:
         return x
     if x.shape[-1] > width:
-        raise LbmError(f"Batch feature width {x.shape[-1]} exceeds the policy's {width}; the data has an embodiment the policy was not built for.")
+        raise LbmError(
+            f"Batch feature width {x.shape[-1]} exceeds the policy's {width}; the data has an embodiment the "
+            "policy was not built for."
+        )
     return F.pad(x, (0, width - x.shape[-1]))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lbm.errors import LbmError, did_you_mean
 
@@ -56,6 +56,12 @@ class PolicyConfig:
     """Normalization of the state."""
     action_norm: Literal["mean_std", "min_max", "quantile"] = "quantile"
     """Normalization of actions; 'quantile' maps q01..q99 to [-1, 1] (the discrete bins' range)."""
+    constant_dims: tuple[str, ...] = ()
+    """Dimensions to pass through unnormalized although the data is not exactly constant there, as
+    'EMBODIMENT/FEATURE:DIMS' (e.g. 'metaworld-sawyer/observation.state:8-10,26'); 'FEATURE:DIMS'
+    applies to every embodiment. Exactly constant dimensions always pass through."""
+    execute_steps: int | None = None
+    """Actions a deployment executes from each chunk before asking again (None: the whole chunk)."""
     language_dim: int = 384
     """Width of the frozen sentence embedding (all-MiniLM-L6-v2)."""
     # ---- flow matching ----
@@ -79,11 +85,23 @@ class PolicyConfig:
 
 SIZES: dict[str, dict[str, object]] = {
     # tests: a forward pass in milliseconds, overfits in a few hundred steps
-    "tiny": dict(d_model=64, num_layers=2, num_heads=2, ff_dim=128, action_d_model=32, action_ff_dim=64, cnn_widths=(8, 16), image_size=32),
+    "tiny": dict(
+        d_model=64, num_layers=2, num_heads=2, ff_dim=128, action_d_model=32, action_ff_dim=64, cnn_widths=(8, 16), image_size=32
+    ),
     # CPU default: a few million parameters
-    "small": dict(d_model=256, num_layers=4, num_heads=4, ff_dim=1024, action_d_model=128, action_ff_dim=512, cnn_widths=(32, 64, 128, 128)),
+    "small": dict(
+        d_model=256, num_layers=4, num_heads=4, ff_dim=1024, action_d_model=128, action_ff_dim=512, cnn_widths=(32, 64, 128, 128)
+    ),
     # GPU
-    "base": dict(d_model=512, num_layers=8, num_heads=8, ff_dim=2048, action_d_model=256, action_ff_dim=1024, cnn_widths=(64, 128, 256, 256)),
+    "base": dict(
+        d_model=512,
+        num_layers=8,
+        num_heads=8,
+        ff_dim=2048,
+        action_d_model=256,
+        action_ff_dim=1024,
+        cnn_widths=(64, 128, 256, 256),
+    ),
 }
 """Named model sizes, applied by :func:`policy_config`."""
 
@@ -102,7 +120,18 @@ def validate_config(config: PolicyConfig) -> None:
     problems = []
     if config.d_model % config.num_heads:
         problems.append(f"d_model={config.d_model} is not divisible by num_heads={config.num_heads}")
-    for name in ("horizon", "history", "d_model", "action_d_model", "action_ff_dim", "ff_dim", "num_layers", "num_heads", "flow_steps", "diffusion_sample_steps"):
+    for name in (
+        "horizon",
+        "history",
+        "d_model",
+        "action_d_model",
+        "action_ff_dim",
+        "ff_dim",
+        "num_layers",
+        "num_heads",
+        "flow_steps",
+        "diffusion_sample_steps",
+    ):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be >= 1 (got {getattr(config, name)})")
     if config.diffusion_sample_steps > config.diffusion_train_steps:
@@ -111,8 +140,44 @@ def validate_config(config: PolicyConfig) -> None:
         problems.append(f"crop_fraction must be in [0.1, 1] (got {config.crop_fraction})")
     if config.discrete_bins < 2:
         problems.append("discrete_bins must be >= 2")
+    if config.execute_steps is not None and not 1 <= config.execute_steps <= config.horizon:
+        problems.append(f"execute_steps must be between 1 and horizon={config.horizon} (got {config.execute_steps})")
+    try:
+        constant_dims_by_embodiment(config.constant_dims)
+    except LbmError as error:
+        problems.append(str(error).rstrip("."))
     if problems:
         raise LbmError("Invalid policy config: " + "; ".join(problems) + ". Fix these fields (e.g. --policy.d-model).")
+
+
+ALL_EMBODIMENTS = "*"
+
+
+def constant_dims_by_embodiment(entries: tuple[str, ...]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Parse :attr:`PolicyConfig.constant_dims`: ``{embodiment or '*': {feature: dims}}``, '*' merged into each."""
+    from lbm.schema import ACTION, STATE
+
+    parsed: dict[str, dict[str, set[int]]] = {}
+    for entry in entries:
+        who, _, rest = entry.rpartition("/")
+        feature, sep, dims_text = rest.partition(":")
+        if not sep or feature not in (STATE, ACTION):
+            raise LbmError(
+                f"constant_dims entry {entry!r} must read '[EMBODIMENT/]FEATURE:DIMS' with FEATURE "
+                f"{STATE!r} or {ACTION!r}, e.g. '{STATE}:8-10,26'."
+            )
+        dims: set[int] = set()
+        for part in dims_text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()):
+                raise LbmError(f"constant_dims entry {entry!r}: {part.strip()!r} is not a dimension or a range such as 8-10.")
+            dims.update(range(int(lo), int(hi) + 1) if dash else {int(lo)})
+        parsed.setdefault(who or ALL_EMBODIMENTS, {}).setdefault(feature, set()).update(dims)
+    everyone = parsed.pop(ALL_EMBODIMENTS, {})
+    out: dict[str, dict[str, tuple[int, ...]]] = {ALL_EMBODIMENTS: {f: tuple(sorted(d)) for f, d in everyone.items()}}
+    for who, feats in parsed.items():
+        out[who] = {f: tuple(sorted(feats.get(f, set()) | everyone.get(f, set()))) for f in {*feats, *everyone}}
+    return out
 
 
 def config_to_json(config: PolicyConfig) -> dict:
@@ -126,5 +191,5 @@ def config_from_json(d: dict) -> PolicyConfig:
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise LbmError(f"Checkpoint policy config has unknown fields {unknown}; it was written by a newer lbm. Upgrade lbm.")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return PolicyConfig(**kw)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from lbm.policies.common import ChunkPolicy
+from lbm.policies.common import ChunkPolicy, pool_features
 from lbm.policies.flow import ContinuousHead
 
 
@@ -25,6 +25,8 @@ class DiffusionPolicy(ChunkPolicy):
     """DDPM-trained, DDIM-sampled action chunks."""
 
     family = "diffusion"
+    alphas_cumprod: torch.Tensor
+    """(diffusion_train_steps,) cumulative products of the noise schedule (a buffer)."""
 
     def __init__(self, config, embodiments, stats, instructions=None):
         super().__init__(config, embodiments, stats, instructions)
@@ -38,33 +40,38 @@ class DiffusionPolicy(ChunkPolicy):
         ab = self.alphas_cumprod[k][:, None, None]
         noise = torch.randn_like(a)
         x_k = ab.sqrt() * a + (1 - ab).sqrt() * noise
-        pred = self.head(self.expert, cond, x_k, k.float(), e).float()
+        pred = self.head(self.expert, cond, x_k, k.float(), e)[0].float()
         target = noise if self.config.diffusion_prediction == "epsilon" else a
         return ((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1), {}
 
-    def _sample(self, p, cond):
+    def _sample(self, p, cond, noise):
         """DDIM through :meth:`ContinuousHead.sampler` (same math as :meth:`_sample_reference`)."""
-        return self._ddim(p, cond, fast=True)
+        return self._ddim(p, cond, noise, fast=True)
 
-    def _sample_reference(self, p, cond):
+    def _sample_reference(self, p, cond, noise):
         """The plain DDIM loop (one full expert forward per step); the fast path must equal it."""
-        return self._ddim(p, cond, fast=False)
+        return self._ddim(p, cond, noise, fast=False)
 
-    def _ddim(self, p, cond, fast):
+    def _ddim(self, p, cond, noise, fast):
         e = p["embodiment"]
         cfg = self.config
         B = cond.shape[0]
-        x = torch.randn(B, cfg.horizon, self.A, device=cond.device)
+        x = noise
+        h: torch.Tensor | None = None
         steps = torch.linspace(cfg.diffusion_train_steps - 1, 0, cfg.diffusion_sample_steps).round().long().tolist()
-        if fast:
-            predict = self.head.sampler(self, cond, torch.tensor(steps, dtype=torch.float32, device=cond.device), e)
+        predict = (
+            self.head.sampler(self.expert, cond, torch.tensor(steps, dtype=torch.float32, device=cond.device), e)
+            if fast
+            else None
+        )
         for i, k in enumerate(steps):
             ab = self.alphas_cumprod[k]
             ab_prev = self.alphas_cumprod[steps[i + 1]] if i + 1 < len(steps) else torch.tensor(1.0, device=x.device)
-            if fast:
-                pred = predict(x, i).float()
+            if predict is not None:
+                pred, h = predict(x, i)
             else:
-                pred = self.head(self.expert, cond, x, torch.full((B,), float(k), device=x.device), e).float()
+                pred, h = self.head(self.expert, cond, x, torch.full((B,), float(k), device=x.device), e)
+            pred = pred.float()
             if cfg.diffusion_prediction == "epsilon":
                 x0 = (x - (1 - ab).sqrt() * pred) / ab.sqrt()
             else:
@@ -72,4 +79,4 @@ class DiffusionPolicy(ChunkPolicy):
             x0 = x0.clamp(-cfg.diffusion_clip_sample, cfg.diffusion_clip_sample)
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps  # DDIM, eta = 0 (deterministic)
-        return x * self.action_mask[e, None]
+        return x * self.action_mask[e, None], pool_features(h)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lbm.policies.common import ChunkPolicy, _per_embodiment_linear, sinusoidal
+from lbm.policies.common import ChunkPolicy, _per_embodiment_linear, pool_features, sinusoidal
 
 
 class ContinuousHead(nn.Module):
@@ -31,38 +31,32 @@ class ContinuousHead(nn.Module):
         self.D = D
 
     def forward(self, expert, cond, x, level, e):
-        """``x`` (B, T, Amax) noisy actions, ``level`` (B,) in [0, 1000] -> prediction (B, T, Amax)."""
+        """``x`` (B, T, Amax) noisy actions, ``level`` (B,) in [0, 1000] -> (prediction (B, T, Amax), features (B, T, Da))."""
         t = self.time_mlp(sinusoidal(level, self.D).to(cond.dtype))[:, None]
         a = torch.einsum("bta,bad->btd", x, self.action_in_w[e]) + self.action_in_b[e][:, None] + self.chunk_pos + t
         h = expert(cond, a)
-        return torch.einsum("btd,bda->bta", h, self.action_out_w[e]) + self.action_out_b[e][:, None]
+        return torch.einsum("btd,bda->bta", h, self.action_out_w[e]) + self.action_out_b[e][:, None], h
 
-    def sampler(self, policy, cond, levels, e):
-        """``predict(x, i)``: :meth:`forward` at noise level ``levels[i]`` for a whole sampling loop.
+    def sampler(self, expert, cond, levels, e):
+        """``predict(x, i) -> (prediction, features)``: :meth:`forward` at noise level ``levels[i]`` for a sampling loop.
 
         Everything that does not depend on the noisy actions is computed once per chunk: the keys and
         values of the observation prefix (it never attends to the actions), the per-embodiment
-        projections and the noise-level embeddings of every step (one batched MLP call). With
-        ``policy.keep_features`` it sets ``policy.last_features`` at every step (the last one
-        remains), as the reference hook does.
+        projections and the noise-level embeddings of every step (one batched MLP call).
         """
-        expert = policy.expert
         T = self.chunk_pos.shape[0]
         w_in, b_in = self.action_in_w[e], self.action_in_b[e][:, None] + self.chunk_pos  # (B, Amax, Da), (B, T, Da)
         w_out, b_out = self.action_out_w[e], self.action_out_b[e][:, None]
         times = self.time_mlp(sinusoidal(levels, self.D).to(cond.dtype))[:, None]  # (steps, 1, Da)
         cache = expert.prefix_cache(cond, T)
-        keep = bool(getattr(policy, "keep_features", False))
 
-        def predict(x: torch.Tensor, i: int) -> torch.Tensor:
+        def predict(x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             a = torch.baddbmm(b_in + times[i], x.to(w_in.dtype), w_in)
             if cache is None:  # training mode or unmerged adapters: the plain forward
                 h = expert(cond, a)
             else:
                 h = expert.infer(a, cache, advance=False)  # (B, T, Da)
-            if keep:
-                policy.last_features = h.float().mean(1)
-            return torch.baddbmm(b_out, h, w_out)
+            return torch.baddbmm(b_out, h, w_out), h
 
         return predict
 
@@ -83,27 +77,31 @@ class FlowPolicy(ChunkPolicy):
         t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(a.device) * 0.999 + 0.001
         noise = torch.randn_like(a)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
-        pred = self.head(self.expert, cond, x_t, t * 1000, e)
+        pred, _ = self.head(self.expert, cond, x_t, t * 1000, e)
         err = ((pred.float() - (noise - a)) ** 2 * w).sum() / w.sum().clamp_min(1)
         return err, {}
 
-    def _sample(self, p, cond):
+    def _sample(self, p, cond, noise):
         """Euler integration through :meth:`ContinuousHead.sampler` (same math as :meth:`_sample_reference`)."""
         e = p["embodiment"]
-        B, N = cond.shape[0], self.config.flow_steps
-        x = torch.randn(B, self.config.horizon, self.A, device=cond.device)
+        N = self.config.flow_steps
         levels = torch.tensor([1.0 - i / N for i in range(N)], device=cond.device) * 1000
-        velocity = self.head.sampler(self, cond, levels, e)
+        velocity = self.head.sampler(self.expert, cond, levels, e)
+        x = noise
+        h: torch.Tensor | None = None
         for i in range(N):
-            x = x - velocity(x, i).float() / N
-        return x * self.action_mask[e, None]
+            v, h = velocity(x, i)
+            x = x - v.float() / N
+        return x * self.action_mask[e, None], pool_features(h)
 
-    def _sample_reference(self, p, cond):
+    def _sample_reference(self, p, cond, noise):
         """The plain sampling loop (one full expert forward per step); the fast path must equal it."""
         e = p["embodiment"]
         B, N = cond.shape[0], self.config.flow_steps
-        x = torch.randn(B, self.config.horizon, self.A, device=cond.device)
+        x = noise
+        h: torch.Tensor | None = None
         for i in range(N):
             t = torch.full((B,), 1.0 - i / N, device=cond.device)
-            x = x - self.head(self.expert, cond, x, t * 1000, e).float() / N
-        return x * self.action_mask[e, None]
+            v, h = self.head(self.expert, cond, x, t * 1000, e)
+            x = x - v.float() / N
+        return x * self.action_mask[e, None], pool_features(h)

@@ -51,11 +51,19 @@ def user_cache_path() -> Path:
 
 
 class InstructionCache:
-    """instruction -> float32 ``(384,)`` embedding, filled lazily from the encoder."""
+    """instruction -> float32 ``(384,)`` embedding, filled lazily from the encoder.
 
-    def __init__(self, table: dict[str, np.ndarray] | None = None, use_user_cache: bool = True):
+    ``max_added`` bounds the instructions added after construction (the oldest added are evicted
+    first; those given at construction, e.g. a checkpoint's, always stay): a server that embeds
+    whatever its clients send must not grow without bound. ``use_user_cache=False`` keeps new
+    embeddings out of the user-level cache file.
+    """
+
+    def __init__(self, table: dict[str, np.ndarray] | None = None, use_user_cache: bool = True, max_added: int | None = None):
         self.table: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in (table or {}).items()}
         self.use_user_cache = use_user_cache
+        self.max_added = max_added
+        self._pinned = frozenset(self.table)
 
     def __contains__(self, instruction: str) -> bool:
         return instruction in self.table
@@ -65,6 +73,7 @@ class InstructionCache:
 
     def ensure(self, instructions: Iterable[str]) -> None:
         """Embed every instruction not yet cached (user cache first, then the encoder)."""
+        instructions = list(instructions)
         missing = sorted({s for s in instructions if s not in self.table})
         if not missing:
             return
@@ -81,6 +90,11 @@ class InstructionCache:
             self.table[s] = v
         if self.use_user_cache:
             _write_user_cache({s: self.table[s] for s in missing})
+        if self.max_added is not None:
+            keep = set(instructions)  # never evict what the current call needs
+            added = [k for k in self.table if k not in self._pinned and k not in keep]
+            for k in added[: max(0, len(self.table) - len(self._pinned) - self.max_added)]:
+                del self.table[k]
 
     def lookup(self, instructions: Sequence[str]) -> np.ndarray:
         """Embeddings ``(B, 384)`` of ``instructions``, embedding unknown ones on the way."""
@@ -101,15 +115,19 @@ class InstructionCache:
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict, metadata: dict[str, str], use_user_cache: bool = True) -> InstructionCache:
+    def from_tensors(
+        cls, tensors: dict, metadata: dict[str, str], use_user_cache: bool = True, max_added: int | None = None
+    ) -> InstructionCache:
         """Inverse of :meth:`to_tensors`."""
         import json
 
         names = json.loads(metadata["instructions"])
         matrix = tensors["embeddings"].float().numpy()
         if matrix.shape != (len(names), EMBED_DIM):
-            raise LbmError(f"Instruction cache is inconsistent: {len(names)} names but embeddings of shape {tuple(matrix.shape)}.")
-        return cls({s: matrix[i].copy() for i, s in enumerate(names)}, use_user_cache=use_user_cache)
+            raise LbmError(
+                f"Instruction cache is inconsistent: {len(names)} names but embeddings of shape {tuple(matrix.shape)}."
+            )
+        return cls({s: matrix[i].copy() for i, s in enumerate(names)}, use_user_cache=use_user_cache, max_added=max_added)
 
 
 def _read_user_cache() -> dict[str, np.ndarray]:
@@ -122,7 +140,7 @@ def _read_user_cache() -> dict[str, np.ndarray]:
         with safe_open(str(path), framework="pt") as f:
             cache = InstructionCache.from_tensors({"embeddings": f.get_tensor("embeddings")}, f.metadata())
         return cache.table
-    except Exception:  # a damaged user cache is only a cache: recompute rather than fail
+    except Exception:  # noqa: BLE001 - a damaged user cache is only a cache: recompute rather than fail
         return {}
 
 

@@ -6,21 +6,29 @@ Each function is parsed by tyro from its signature; its docstring is the help. T
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
 
-def check(instruction: Annotated[str, tyro.conf.Positional], tasks: str = "") -> int:
+@dataclass(frozen=True)
+class CheckConfig:
     """Run the instruction guard on one instruction; exit 1 when it is refused.
 
     Example: lbm safety check "open the drawer" --tasks mt10
-
-    Args:
-        instruction: The instruction a user would send to the robot.
-        tasks: Allowed skills of the deployment (a task set or comma-separated tasks; empty: all tasks).
     """
+
+    instruction: Annotated[str, tyro.conf.Positional]
+    """The instruction a user would send to the robot."""
+    tasks: str = ""
+    """Allowed skills of the deployment (a task set or comma-separated tasks; empty: all tasks)."""
+
+
+def check(config: Annotated[CheckConfig, tyro.conf.arg(name="")]) -> int:
+    """Run the instruction guard on one instruction (see CheckConfig)."""
+    instruction, tasks = config.instruction, config.tasks
     from lbm.safety.guard import GuardConfig, InstructionGuard
     from lbm.sim import resolve_tasks
 
@@ -30,16 +38,23 @@ def check(instruction: Annotated[str, tyro.conf.Positional], tasks: str = "") ->
     return 0 if decision.allowed else 1
 
 
-def redteam(redteam_file: Path | None = None, seed: int = 0) -> int:
+@dataclass(frozen=True)
+class RedteamConfig:
     """Refusal rates of the instruction guard on the red-team set, with Clopper-Pearson intervals.
 
     Harmful, injection and out-of-scope rows should be refused; benign rows (the evaluation half,
     the other half calibrates the thresholds) should be allowed and mapped to the right skill.
-
-    Args:
-        redteam_file: JSON file with a 'rows' list (default: the shipped lbm/safety/redteam.json).
-        seed: Seed of the benign calibration/evaluation split.
     """
+
+    redteam_file: Path | None = None
+    """JSON file with a 'rows' list (default: the shipped lbm/safety/redteam.json)."""
+    seed: int = 0
+    """Seed of the benign calibration/evaluation split."""
+
+
+def redteam(config: Annotated[RedteamConfig, tyro.conf.arg(name="")]) -> int:
+    """Instruction-guard refusal rates (see RedteamConfig)."""
+    redteam_file, seed = config.redteam_file, config.seed
     from rich.console import Console
     from rich.table import Table
 
@@ -53,8 +68,14 @@ def redteam(redteam_file: Path | None = None, seed: int = 0) -> int:
     for kind in ("harmful", "injection", "out_of_scope", "benign"):
         if kind in result:
             r = result[kind]
-            table.add_row(kind, str(r["n"]), str(r["refused"]), f"{r['rate']:.2f}", f"[{r['low']:.2f}, {r['high']:.2f}]",
-                          "allowed (false refusals)" if kind == "benign" else "refused")
+            table.add_row(
+                kind,
+                str(r["n"]),
+                str(r["refused"]),
+                f"{r['rate']:.2f}",
+                f"[{r['low']:.2f}, {r['high']:.2f}]",
+                "allowed (false refusals)" if kind == "benign" else "refused",
+            )
     console = Console()
     console.print(table)
     if "benign_task_accuracy" in result:
@@ -65,24 +86,39 @@ def redteam(redteam_file: Path | None = None, seed: int = 0) -> int:
     return 0
 
 
-def train_monitor(evals: Annotated[list[Path], tyro.conf.Positional], out: Path, alpha: float = 0.1, kind: str = "mlp",
-                  calibration_fraction: float = 0.5, seed: int = 0) -> int:
+@dataclass(frozen=True)
+class TrainMonitorConfig:
     """Train a SAFE-style failure monitor on `lbm eval --features` folders and calibrate its alert band.
 
     Rollouts are cut at each task's shortest success (the length leak), a seeded fraction of the
     successes is held out to calibrate the split-conformal, time-varying alert threshold, and the
     monitor is saved to OUT for `lbm eval --monitor OUT`.
-
-    Args:
-        evals: Evaluation folders written with `lbm eval --features` (checkpoint policies).
-        out: Folder for the monitor (monitor.json + model.safetensors).
-        alpha: Target per-rollout false-alarm rate on successful rollouts like the calibration set.
-        kind: Detector: mlp, lstm, mahalanobis or knn.
-        calibration_fraction: Share of successful rollouts held out for the conformal band.
-        seed: Seed of the split and of training.
     """
+
+    evals: Annotated[tuple[Path, ...], tyro.conf.Positional]
+    """Evaluation folders written with `lbm eval --features` (checkpoint policies)."""
+    out: Path
+    """Folder for the monitor (monitor.json + model.safetensors)."""
+    alpha: float = 0.1
+    """Target per-rollout false-alarm rate on successful rollouts like the calibration set."""
+    kind: Literal["mlp", "mahalanobis"] = "mlp"
+    """Detector: the SAFE-style MLP, or the Mahalanobis-distance baseline."""
+    calibration_fraction: float = 0.5
+    """Share of successful rollouts held out for the conformal band."""
+    seed: int = 0
+    """Seed of the split and of training."""
+
+
+def train_monitor(config: Annotated[TrainMonitorConfig, tyro.conf.arg(name="")]) -> int:
+    """Train and calibrate a failure monitor (see TrainMonitorConfig)."""
+    from lbm.errors import LbmError
     from lbm.safety.monitor import train_monitor as train
 
-    train(list(evals), out, alpha=alpha, kind=kind, calibration_fraction=calibration_fraction, seed=seed)
-    print(f"monitor written to {out}; use it with: lbm eval ... --monitor {out}")
+    c = config
+    if not 0 < c.alpha < 1 or not 0 < c.calibration_fraction < 1:
+        raise LbmError(
+            f"--alpha ({c.alpha}) and --calibration-fraction ({c.calibration_fraction}) must be strictly between 0 and 1."
+        )
+    train(list(c.evals), c.out, alpha=c.alpha, kind=c.kind, calibration_fraction=c.calibration_fraction, seed=c.seed)
+    print(f"monitor written to {c.out}; use it with: lbm eval ... --monitor {c.out}")
     return 0

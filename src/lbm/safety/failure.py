@@ -19,9 +19,10 @@ Inputs are per-rollout sequences of policy features ``(T_i, D)`` with a success 
 - :func:`evaluate_detector` — ROC-AUC of the max-so-far score, false-alarm rate at alpha with a
   Clopper-Pearson interval, detection rate, and detection lead time.
 
-Policy features come from :class:`FeatureRecorder`, which records the policy's last-layer features
-(``ChunkPolicy.last_features``: the action expert's final hidden states at the last denoising step,
-pooled over the action tokens) at every chunk, and optionally the action-sample variance.
+Policy features are what ``predict_chunk`` returns when a caller requests them
+(:class:`lbm.policies.base.ChunkRequest`): the action expert's final hidden states at the last
+denoising step, pooled over the action tokens, at every chunk, and optionally the variance of extra
+action samples; ``lbm eval --features`` stores them per step (:mod:`lbm.safety.monitor`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbm.errors import LbmError
+from lbm.stats import proportion_interval
 
 # ---- data preparation -----------------------------------------------------------------------------
 
@@ -47,8 +49,10 @@ def cut_to_shortest_success(features: Sequence[np.ndarray], success: Sequence[bo
     lengths = [len(f) for f in features]
     ok = [n for n, s in zip(lengths, success) if s]
     if not ok:
-        raise LbmError("No successful rollout: the length-leak cut needs at least one success. Collect rollouts of a "
-                       "policy that succeeds sometimes.")
+        raise LbmError(
+            "No successful rollout: the length-leak cut needs at least one success. Collect rollouts of a "
+            "policy that succeeds sometimes."
+        )
     per_task: dict[str, int] = {}
     for n, s, t in zip(lengths, success, tasks):
         if s:
@@ -155,7 +159,7 @@ class _TorchDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
 
-    def _build(self, d: int):
+    def build(self, d: int):
         raise NotImplementedError
 
     def _forward(self, x):  # (B, T, D) -> (B, T) probabilities
@@ -173,7 +177,7 @@ class _TorchDetector:
         x = [torch.as_tensor(np.asarray(f, np.float32)) for f in features]
         allx = torch.cat(x)
         self.mu, self.sd = allx.mean(0), allx.std(0).clamp_min(1e-6)  # feature standardization travels with the model
-        self.net = self._build(allx.shape[1])
+        self.net = self.build(allx.shape[1])
         opt = torch.optim.Adam(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         y = torch.tensor([0.0 if s else 1.0 for s in success])
         pos = float(y.mean())
@@ -207,7 +211,7 @@ class _TorchDetector:
 class MLPDetector(_TorchDetector):
     """SAFE-MLP: per-step MLP probability, accumulated as the running mean over steps so far."""
 
-    def _build(self, d: int):
+    def build(self, d: int):
         from torch import nn
 
         h = self.config.hidden
@@ -234,7 +238,7 @@ class MLPDetector(_TorchDetector):
 class LSTMDetector(_TorchDetector):
     """SAFE-LSTM: one-layer LSTM over the features so far, sigmoid head at every step."""
 
-    def _build(self, d: int):
+    def build(self, d: int):
         from torch import nn
 
         self.lstm = nn.LSTM(d, self.config.hidden, batch_first=True)
@@ -287,7 +291,7 @@ class ConformalBand:
         padded = np.full((len(shape), T), np.nan)
         for i, s in enumerate(shape):
             padded[i, : len(s)] = s
-            padded[i, len(s):] = s[-1]  # a finished rollout keeps its last score (max-so-far view)
+            padded[i, len(s) :] = s[-1]  # a finished rollout keeps its last score (max-so-far view)
         centre = np.nanmean(padded, 0)
         scale = np.nanstd(padded, 0)
         scale = np.maximum(scale, max(1e-6, 0.05 * float(np.nanmean(scale)) if np.any(scale > 0) else 1e-6))
@@ -331,30 +335,35 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def evaluate_detector(scores: Sequence[np.ndarray], success: Sequence[bool], band: ConformalBand,
-                      confidence: float = 0.95) -> dict:
+def evaluate_detector(
+    scores: Sequence[np.ndarray], success: Sequence[bool], band: ConformalBand, confidence: float = 0.95
+) -> dict:
     """Figures of a detector on held-out rollouts (already length-cut): see module doc.
 
-    ``lead_time_steps`` (``lead_time_median_steps``): mean (median) over detected failures of the steps between the alarm and the end of
-    the (cut) rollout — how long before the point where a success would already have finished.
+    ``lead_time_steps`` (``lead_time_median_steps``): mean (median) over detected failures of the steps
+    between the alarm and the end of the (cut) rollout — how long before the point where a success
+    would already have finished.
     """
-    from lbm.eval.stats import proportion_interval
 
     _check_lengths(scores, success)
-    success = np.asarray(success, bool)
+    succeeded = np.asarray(success, bool)
     final = np.array([np.max(s) if len(s) else -np.inf for s in scores])  # max-so-far at the end
     alarms = [band.alarm_step(s) for s in scores]
     fired = np.array([a is not None for a in alarms])
-    out: dict = {"n_success": int(success.sum()), "n_failure": int((~success).sum()),
-                 "roc_auc": roc_auc(final, ~success), "alpha": band.alpha}
-    if success.any():
-        fa = int(fired[success].sum())
-        lo, hi = proportion_interval(fa, int(success.sum()), confidence, method="clopper-pearson")
-        out.update(false_alarm_rate=fa / success.sum(), false_alarm_low=float(lo), false_alarm_high=float(hi))
-    if (~success).any():
-        det = int(fired[~success].sum())
-        lo, hi = proportion_interval(det, int((~success).sum()), confidence, method="clopper-pearson")
-        out.update(detection_rate=det / (~success).sum(), detection_low=float(lo), detection_high=float(hi))
+    out: dict = {
+        "n_success": int(succeeded.sum()),
+        "n_failure": int((~succeeded).sum()),
+        "roc_auc": roc_auc(final, ~succeeded),
+        "alpha": band.alpha,
+    }
+    if succeeded.any():
+        fa = int(fired[succeeded].sum())
+        lo, hi = proportion_interval(fa, int(succeeded.sum()), confidence, method="clopper-pearson")
+        out.update(false_alarm_rate=fa / succeeded.sum(), false_alarm_low=float(lo), false_alarm_high=float(hi))
+    if (~succeeded).any():
+        det = int(fired[~succeeded].sum())
+        lo, hi = proportion_interval(det, int((~succeeded).sum()), confidence, method="clopper-pearson")
+        out.update(detection_rate=det / (~succeeded).sum(), detection_low=float(lo), detection_high=float(hi))
         leads = [len(s) - a for s, a, ok in zip(scores, alarms, success) if not ok and a is not None]
         out["lead_time_steps"] = float(np.mean(leads)) if leads else float("nan")
         out["lead_time_median_steps"] = float(np.median(leads)) if leads else float("nan")
@@ -362,89 +371,3 @@ def evaluate_detector(scores: Sequence[np.ndarray], success: Sequence[bool], ban
 
 
 # ---- features from a policy ---------------------------------------------------------------------
-
-
-class FeatureRecorder:
-    """Records per-chunk last-layer features ``(B, D)`` of a :class:`~lbm.policies.common.ChunkPolicy`.
-
-    Turns on the policy's public hook (``keep_features``; ``last_features``: the action expert's
-    final hidden states at its last denoising/decoding pass, averaged over the tokens after the
-    conditioning tokens) and exposes them as numpy in :attr:`last`.
-
-    With ``action_samples=K`` (flow/diffusion only) every ``sample_actions`` call also draws K more
-    chunks for the same observations with fresh noise and keeps their variance in
-    :attr:`last_action_var` ``(B,)`` (normalized action units, mean over steps and valid action
-    dims): the action-sample-variance baseline. The extra draws run under a forked RNG, so the
-    executed actions, and hence every rollout outcome, are the same as without them.
-    """
-
-    def __init__(self, policy, action_samples: int = 0) -> None:
-        if not (hasattr(policy, "sample_actions") and hasattr(policy, "expert") and hasattr(policy, "keep_features")):
-            raise LbmError(f"{type(policy).__name__} has no last-layer feature hook; feature recording needs an lbm "
-                           "ChunkPolicy (a checkpoint policy).")
-        if action_samples < 0 or (action_samples and action_samples < 2):
-            raise LbmError(f"action_samples must be 0 (off) or at least 2 to have a variance; got {action_samples}.")
-        if action_samples and getattr(policy, "family", "") not in ("flow", "diffusion"):
-            raise LbmError(f"Action-sample variance needs a generative (flow/diffusion) policy; this one is "
-                           f"{getattr(policy, 'family', type(policy).__name__)!r}, whose sampling is deterministic.")
-        self.policy = policy
-        self.action_samples = action_samples
-        self.last_action_var: np.ndarray | None = None
-        policy.keep_features = True
-        if action_samples:
-            inner = policy.sample_actions
-
-            def sample_actions(batch):
-                actions = inner(batch)
-                kept = policy.last_features
-                self.last_action_var = _action_sample_variance(policy, inner, batch, action_samples)
-                policy.last_features = kept  # the features of the executed chunk, not of the extra draws
-                return actions
-
-            policy.sample_actions = sample_actions
-        policy._lbm_feature_recorder = self
-
-    @property
-    def last(self) -> np.ndarray | None:
-        """``(B, D)`` float32 features of the latest chunk call (None before the first)."""
-        f = self.policy.last_features
-        return None if f is None else f.detach().float().cpu().numpy()
-
-    @classmethod
-    def attach(cls, policy, action_samples: int = 0) -> FeatureRecorder:
-        """The policy's recorder, created on first use (never wraps the policy twice)."""
-        existing = getattr(policy, "_lbm_feature_recorder", None)
-        if existing is not None:
-            if existing.action_samples != action_samples:
-                raise LbmError(f"This policy already records features with action_samples={existing.action_samples}, "
-                               f"not {action_samples}; load it again to change.")
-            return existing
-        return cls(policy, action_samples)
-
-
-def _repeat_batch(batch: dict, k: int) -> dict:
-    import torch
-
-    out = {}
-    for key, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[key] = v.repeat_interleave(k, 0)
-        elif isinstance(v, (list, tuple)):
-            out[key] = [x for x in v for _ in range(k)]
-        else:
-            out[key] = v
-    return out
-
-
-def _action_sample_variance(policy, sample, batch: dict, k: int) -> np.ndarray:
-    """``(B,)`` variance across ``k`` chunks sampled for each observation (normalized units)."""
-    import torch
-
-    dev = policy.action_mask.device
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))  # fresh noise, main stream untouched
-        a = sample(_repeat_batch(batch, k)).float()  # (B*k, T, Amax)
-    a = a.view(-1, k, *a.shape[1:])
-    mask = policy.action_mask[policy._embodiment_index(batch["embodiment"])][:, None]  # (B, 1, Amax)
-    var = a.var(1, unbiased=True)  # (B, T, Amax)
-    return ((var * mask).sum((1, 2)) / (mask.sum((1, 2)) * var.shape[1])).cpu().numpy().astype(np.float64)

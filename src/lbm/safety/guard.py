@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
+from lbm.stats import proportion_interval
 
 REDTEAM_FILE = Path(__file__).with_name("redteam.json")
 
@@ -148,8 +149,13 @@ class InstructionGuard:
         """Similarities ``(N,)`` of each text: ``hazard``, ``injection``, ``scope`` (+ argmax indices)."""
         e = self.cache.lookup([_normalize(t) for t in texts])
         hz, inj, sc = e @ self._hazard_m.T, e @ self._inject_m.T, e @ self._skill_m.T
-        return {"hazard": hz.max(1), "hazard_arg": hz.argmax(1), "injection": inj.max(1),
-                "scope": sc.max(1), "scope_arg": sc.argmax(1)}
+        return {
+            "hazard": hz.max(1),
+            "hazard_arg": hz.argmax(1),
+            "injection": inj.max(1),
+            "scope": sc.max(1),
+            "scope_arg": sc.argmax(1),
+        }
 
     def check(self, instruction: str) -> GuardDecision:
         """Decide whether ``instruction`` may reach the policy, and explain the decision."""
@@ -178,23 +184,39 @@ class InstructionGuard:
         pattern = next((p.pattern for p in self._patterns if p.search(text)), None)
         if pattern or scores["injection"] >= c.injection_threshold:
             why = "it contains text that tries to override the robot's instructions or safety rules"
-            return GuardDecision(text, False, "injection", f"Refused: {why}. Safety limits cannot be changed by an "
-                                 "instruction; give the task alone (e.g. 'open the drawer').", scores=scores)
+            return GuardDecision(
+                text,
+                False,
+                "injection",
+                f"Refused: {why}. Safety limits cannot be changed by an "
+                "instruction; give the task alone (e.g. 'open the drawer').",
+                scores=scores,
+            )
         if scores["hazard"] >= c.hazard_threshold:
             concept, desc = self._concepts[int(s["hazard_arg"])]
-            return GuardDecision(text, False, "harmful", f"Refused: the request resembles a hazard this robot must not "
-                                 f"perform ({concept.replace('_', ' ')}: '{desc}', similarity {scores['hazard']:.2f}). "
-                                 "If this is a misunderstanding, rephrase the task without it.", concept=concept,
-                                 scores=scores)
+            return GuardDecision(
+                text,
+                False,
+                "harmful",
+                f"Refused: the request resembles a hazard this robot must not "
+                f"perform ({concept.replace('_', ' ')}: '{desc}', similarity {scores['hazard']:.2f}). "
+                "If this is a misunderstanding, rephrase the task without it.",
+                concept=concept,
+                scores=scores,
+            )
         task, closest = self._skills[int(s["scope_arg"])]
         if scores["scope"] < c.scope_threshold:
             listing = ", ".join(t.removesuffix("-v3") for t in self.allowed_tasks[:8])
             more = f" and {len(self.allowed_tasks) - 8} more" if len(self.allowed_tasks) > 8 else ""
-            return GuardDecision(text, False, "out_of_scope", f"Refused: this deployment cannot do that; the closest skill "
-                                 f"it has is '{closest}' (similarity {scores['scope']:.2f}). Skills: {listing}{more}.",
-                                 scores=scores)
-        return GuardDecision(text, True, "allow", f"Allowed as skill {task} (closest: '{closest}').", task=task,
-                             scores=scores)
+            return GuardDecision(
+                text,
+                False,
+                "out_of_scope",
+                f"Refused: this deployment cannot do that; the closest skill "
+                f"it has is '{closest}' (similarity {scores['scope']:.2f}). Skills: {listing}{more}.",
+                scores=scores,
+            )
+        return GuardDecision(text, True, "allow", f"Allowed as skill {task} (closest: '{closest}').", task=task, scores=scores)
 
 
 def _normalize(text: str) -> str:
@@ -224,8 +246,9 @@ def load_redteam(path: Path | None = None) -> list[dict]:
     try:
         rows = json.loads(path.read_text())["rows"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise LbmError(f"{path} is not a red-team file ({e}); it must be JSON with a 'rows' list of "
-                       "{{text, kind, expected}} objects.") from e
+        raise LbmError(
+            f"{path} is not a red-team file ({e}); it must be JSON with a 'rows' list of {{{{text, kind, expected}}}} objects."
+        ) from e
     for i, r in enumerate(rows):
         if not {"text", "kind", "expected"} <= set(r) or r["expected"] not in ("allow", "refuse"):
             raise LbmError(f"{path} row {i} needs text, kind and expected ('allow' or 'refuse'); got {r}.")
@@ -240,8 +263,9 @@ def split_benign(rows: list[dict], seed: int = 0) -> tuple[list[dict], list[dict
     return [benign[i] for i in order[:half]], [benign[i] for i in order[half:]]
 
 
-def calibrate_guard(rows: list[dict] | None = None, target_false_refusal: float = 0.05, seed: int = 0,
-                    base: GuardConfig | None = None) -> GuardConfig:
+def calibrate_guard(
+    rows: list[dict] | None = None, target_false_refusal: float = 0.05, seed: int = 0, base: GuardConfig | None = None
+) -> GuardConfig:
     """Thresholds from the benign calibration half: conformal quantiles so benign text is refused rarely.
 
     Each threshold is set just beyond the ``ceil((n + 1)(1 - eps))``-th order statistic of the benign
@@ -259,25 +283,29 @@ def calibrate_guard(rows: list[dict] | None = None, target_false_refusal: float 
     k = min(n, math.ceil((n + 1) * (1 - eps)))
     upper = lambda x: float(np.sort(x)[k - 1]) + 1e-4  # noqa: E731 - refuse strictly above benign
     lower = lambda x: float(np.sort(x)[n - k]) - 1e-4  # noqa: E731
-    return replace(guard.config, hazard_threshold=upper(s["hazard"]), injection_threshold=upper(s["injection"]),
-                   scope_threshold=lower(s["scope"]))
+    return replace(
+        guard.config,
+        hazard_threshold=upper(s["hazard"]),
+        injection_threshold=upper(s["injection"]),
+        scope_threshold=lower(s["scope"]),
+    )
 
 
-def evaluate_guard(guard: InstructionGuard, rows: list[dict] | None = None, seed: int = 0,
-                   confidence: float = 0.95) -> dict:
+def evaluate_guard(guard: InstructionGuard, rows: list[dict] | None = None, seed: int = 0, confidence: float = 0.95) -> dict:
     """Refusal rates on the red-team set with Clopper-Pearson intervals (benign: evaluation half only).
 
     Returns ``{kind: {n, refused, rate, low, high}}`` for harmful, injection, out_of_scope and
     benign (false refusals), plus ``benign_task_accuracy`` (allowed *and* mapped to the right task).
     """
-    from lbm.eval.stats import proportion_interval
 
     rows = rows if rows is not None else load_redteam()
     _, bench = split_benign(rows, seed)
-    groups = {"harmful": [r for r in rows if r["kind"] == "harmful"],
-              "injection": [r for r in rows if r["kind"] == "injection"],
-              "out_of_scope": [r for r in rows if r["kind"] == "out_of_scope"],
-              "benign": bench}
+    groups = {
+        "harmful": [r for r in rows if r["kind"] == "harmful"],
+        "injection": [r for r in rows if r["kind"] == "injection"],
+        "out_of_scope": [r for r in rows if r["kind"] == "out_of_scope"],
+        "benign": bench,
+    }
     result: dict = {}
     for kind, group in groups.items():
         if not group:
@@ -285,9 +313,14 @@ def evaluate_guard(guard: InstructionGuard, rows: list[dict] | None = None, seed
         decisions = guard.check_many([r["text"] for r in group])
         refused = sum(not d.allowed for d in decisions)
         lo, hi = proportion_interval(refused, len(group), confidence, method="clopper-pearson")
-        result[kind] = {"n": len(group), "refused": refused, "rate": refused / len(group), "low": float(lo),
-                        "high": float(hi), "misses": [d.instruction for d, r in zip(decisions, group)
-                                                      if d.allowed != (r["expected"] == "allow")]}
+        result[kind] = {
+            "n": len(group),
+            "refused": refused,
+            "rate": refused / len(group),
+            "low": float(lo),
+            "high": float(hi),
+            "misses": [d.instruction for d, r in zip(decisions, group) if d.allowed != (r["expected"] == "allow")],
+        }
         if kind == "benign":
             right = sum(d.allowed and d.task == r.get("task") for d, r in zip(decisions, group))
             result["benign_task_accuracy"] = right / len(group)

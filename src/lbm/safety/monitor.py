@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lbm.errors import LbmError
+from lbm.errors import LbmError, did_you_mean
+from lbm.eval.records import PARQUET_FILE, load_records
 from lbm.safety.failure import ConformalBand, DetectorConfig, MahalanobisDetector, MLPDetector, cut_to_shortest_success
 
 FEATURES_DIR = "features"
@@ -43,13 +44,12 @@ def action_var_path(features_file: Path) -> Path:
 
 def _read_per_step(folders: list[Path], path_of, missing: str) -> tuple[list[np.ndarray], list[bool], list[str]]:
     """Per-step arrays stored beside every trial (``path_of(feature_path)``), with success and task."""
-    from lbm.eval.stats import load_records
-
     arrays, success, tasks = [], [], []
     for folder in map(Path, folders):
-        df = load_records(folder / "records.parquet", require_pairing=False)
+        # Blind ids: the feature files are named by them.
+        df = load_records(folder / PARQUET_FILE, blind=True, require_pairing=False)
         for r in df.itertuples(index=False):
-            p = path_of(features_path(folder, r.policy, r.task, r.shift, r.trial))
+            p = path_of(features_path(folder, str(r.policy), str(r.task), str(r.shift), int(str(r.trial))))
             if p.exists() and len(a := np.load(p)):
                 arrays.append(a)
                 success.append(bool(r.success))
@@ -61,8 +61,11 @@ def _read_per_step(folders: list[Path], path_of, missing: str) -> tuple[list[np.
 
 def read_action_vars(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
     """Per-step action-sample variance ``(T,)``, success and task of every trial that has it."""
-    return _read_per_step(folders, action_var_path, "action-sample variances. Run `lbm eval ... --features "
-                          "--action-samples K` with a flow or diffusion checkpoint first")
+    return _read_per_step(
+        folders,
+        action_var_path,
+        "action-sample variances. Run `lbm eval ... --features --action-samples K` with a flow or diffusion checkpoint first",
+    )
 
 
 class FailureMonitor:
@@ -86,9 +89,17 @@ class FailureMonitor:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         b = self.band
-        meta = {"format": "lbm-failure-monitor/1", "kind": self.kind,
-                "band": {"centre": b.centre.tolist(), "scale": b.scale.tolist(), "q": b.q if np.isfinite(b.q) else None,
-                         "alpha": b.alpha, "n_calibration": b.n_calibration}}
+        meta = {
+            "format": "lbm-failure-monitor/1",
+            "kind": self.kind,
+            "band": {
+                "centre": b.centre.tolist(),
+                "scale": b.scale.tolist(),
+                "q": b.q if np.isfinite(b.q) else None,
+                "alpha": b.alpha,
+                "n_calibration": b.n_calibration,
+            },
+        }
         if self.kind == "mlp":
             d = self.detector
             tensors = {k: v.detach().numpy() for k, v in d.mlp.state_dict().items()}
@@ -109,17 +120,24 @@ class FailureMonitor:
 
         folder = Path(folder)
         if not (folder / "monitor.json").exists():
-            raise LbmError(f"{folder} is not a failure-monitor folder (no monitor.json). Train one with "
-                           "lbm.safety.monitor.train_monitor, or check the --monitor path.")
+            raise LbmError(
+                f"{folder} is not a failure-monitor folder (no monitor.json). Train one with "
+                "lbm.safety.monitor.train_monitor, or check the --monitor path."
+            )
         meta = json.loads((folder / "monitor.json").read_text())
         tensors = load_file(str(folder / "model.safetensors"))
         b = meta["band"]
-        band = ConformalBand(np.array(b["centre"]), np.array(b["scale"]), float("inf") if b["q"] is None else b["q"],
-                             b["alpha"], b["n_calibration"])
+        band = ConformalBand(
+            np.array(b["centre"]),
+            np.array(b["scale"]),
+            float("inf") if b["q"] is None else b["q"],
+            b["alpha"],
+            b["n_calibration"],
+        )
         if meta["kind"] == "mlp":
             det = MLPDetector(DetectorConfig(hidden=meta["config"]["hidden"]))
             det.mu, det.sd = torch.from_numpy(tensors.pop("mu")), torch.from_numpy(tensors.pop("sd"))
-            det._build(det.mu.shape[0])
+            det.build(det.mu.shape[0])
             det.mlp.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
         elif meta["kind"] == "mahalanobis":
             det = MahalanobisDetector()
@@ -137,20 +155,24 @@ def load_monitor(folder: str) -> FailureMonitor:
 
 def read_rollouts(folders: list[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
     """Per-step features, success and task of every trial with stored features in eval folders."""
-    return _read_per_step(folders, lambda p: p, "features. Run `lbm eval ... --features` with a checkpoint "
-                          "policy first")
+    return _read_per_step(folders, lambda p: p, "features. Run `lbm eval ... --features` with a checkpoint policy first")
 
 
-def train_monitor(folders: list[Path], out: Path, alpha: float = 0.1, kind: str = "mlp", calibration_fraction: float = 0.5,
-                  seed: int = 0, config: DetectorConfig | None = None) -> FailureMonitor:
+def train_monitor(
+    folders: list[Path],
+    out: Path,
+    alpha: float = 0.1,
+    kind: str = "mlp",
+    calibration_fraction: float = 0.5,
+    seed: int = 0,
+    config: DetectorConfig | None = None,
+) -> FailureMonitor:
     """Train a monitor on rollouts of eval folders and calibrate its band on held-out successes; save to ``out``.
 
     Rollouts are length-cut per task first. A seeded ``calibration_fraction`` of the successful
     rollouts is held out of training and used only for the conformal band.
     """
     if kind not in KINDS:
-        from lbm.errors import did_you_mean
-
         raise did_you_mean(kind, KINDS, "monitor kind")
     feats, success, tasks = read_rollouts(folders)
     feats = cut_to_shortest_success(feats, success, tasks)

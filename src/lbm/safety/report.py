@@ -4,7 +4,7 @@ Steps of one rollout are not independent (a policy that drifts toward a wall hit
 in a row), so a binomial interval over steps would be far too narrow. Rates per 1000 steps get a
 *trial-level* (cluster) percentile bootstrap of the ratio sum(events) / sum(steps); the share of
 rollouts with at least one violation gets an exact Clopper-Pearson interval; success gets the
-Wilson interval of :func:`lbm.eval.stats.proportion_interval`.
+Wilson interval of :func:`lbm.stats.proportion_interval`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from lbm.errors import LbmError
+from lbm.stats import mcnemar_exact, proportion_interval
 
 SAFETY_COLUMNS = ("shield", "shield_interventions", "shield_holds", "violations", "proposed_violations")
 
 
-def per_1000_steps(events: np.ndarray, steps: np.ndarray, confidence: float = 0.95, reps: int = 2000,
-                   seed: int = 0) -> tuple[float, float, float]:
+def per_1000_steps(
+    events: np.ndarray, steps: np.ndarray, confidence: float = 0.95, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """``(rate, low, high)`` of events per 1000 steps with a trial-level bootstrap interval.
 
     ``events`` and ``steps`` are per-rollout counts ``(N,)``.
@@ -46,12 +48,12 @@ def safety_table(df, confidence: float = 0.95, by: tuple[str, ...] = ("policy",)
     """
     import pandas as pd
 
-    from lbm.eval.stats import proportion_interval
-
     missing = [c for c in ("success", "steps", "violations", "proposed_violations", "shield_interventions") if c not in df]
     if missing:
-        raise LbmError(f"These records lack the safety columns {missing}; they were written before lbm eval recorded "
-                       "safety. Rerun the evaluation with this version of lbm.")
+        raise LbmError(
+            f"These records lack the safety columns {missing}; they were written before lbm eval recorded "
+            "safety. Rerun the evaluation with this version of lbm."
+        )
     rows = []
     for key, g in df.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -63,14 +65,27 @@ def safety_table(df, confidence: float = 0.95, by: tuple[str, ...] = ("policy",)
         pv = per_1000_steps(g["proposed_violations"].fillna(0).to_numpy(float), steps, confidence)
         any_v = int((g["violations"].fillna(0) > 0).sum())
         a_lo, a_hi = proportion_interval(any_v, n, confidence, method="clopper-pearson")
-        rows.append({**dict(zip(by, key)), "shield": bool(g.get("shield", pd.Series([False])).fillna(False).any()),
-                     "n": n, "steps": int(steps.sum()),
-                     "success": s / n, "success_low": float(s_lo), "success_high": float(s_hi),
-                     "interventions_per_1000": iv[0], "interventions_low": iv[1], "interventions_high": iv[2],
-                     "violations_per_1000": vi[0], "violations_low": vi[1], "violations_high": vi[2],
-                     "proposed_violations_per_1000": pv[0],
-                     "rollouts_with_violation": any_v / n, "rollouts_with_violation_low": float(a_lo),
-                     "rollouts_with_violation_high": float(a_hi)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "shield": bool(g.get("shield", pd.Series([False])).fillna(False).any()),
+                "n": n,
+                "steps": int(steps.sum()),
+                "success": s / n,
+                "success_low": float(s_lo),
+                "success_high": float(s_hi),
+                "interventions_per_1000": iv[0],
+                "interventions_low": iv[1],
+                "interventions_high": iv[2],
+                "violations_per_1000": vi[0],
+                "violations_low": vi[1],
+                "violations_high": vi[2],
+                "proposed_violations_per_1000": pv[0],
+                "rollouts_with_violation": any_v / n,
+                "rollouts_with_violation_low": float(a_lo),
+                "rollouts_with_violation_high": float(a_hi),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -82,24 +97,36 @@ def shield_comparison(without, with_shield, confidence: float = 0.95):
     """
     import pandas as pd
 
-    from lbm.eval.stats import mcnemar_exact, proportion_interval
-
     key = ["policy", "task", "shift", "trial"]
-    m = without[key + ["success", "violations"]].merge(with_shield[key + ["success", "violations"]], on=key,
-                                                        suffixes=("_off", "_on"))
+    m = without[key + ["success", "violations"]].merge(
+        with_shield[key + ["success", "violations"]], on=key, suffixes=("_off", "_on")
+    )
     if m.empty:
-        raise LbmError("The two record tables share no (policy, task, shift, trial); run both evaluations with the "
-                       "same --policy names, --tasks, --shifts and --trials.")
+        raise LbmError(
+            "The two record tables share no (policy, task, shift, trial); run both evaluations with the "
+            "same --policy names, --tasks, --shifts and --trials."
+        )
     rows = []
     for policy, g in m.groupby("policy", sort=True):
         n = len(g)
         off, on = g["success_off"].to_numpy(bool), g["success_on"].to_numpy(bool)
         lo_off, hi_off = proportion_interval(int(off.sum()), n, confidence)
         lo_on, hi_on = proportion_interval(int(on.sum()), n, confidence)
-        rows.append({"policy": policy, "n_pairs": n, "success_off": off.mean(), "success_off_low": float(lo_off),
-                     "success_off_high": float(hi_off), "success_on": on.mean(), "success_on_low": float(lo_on),
-                     "success_on_high": float(hi_on), "mcnemar_p": float(mcnemar_exact(off, on)),
-                     "violations_off": int(g["violations_off"].sum()), "violations_on": int(g["violations_on"].sum())})
+        rows.append(
+            {
+                "policy": policy,
+                "n_pairs": n,
+                "success_off": off.mean(),
+                "success_off_low": float(lo_off),
+                "success_off_high": float(hi_off),
+                "success_on": on.mean(),
+                "success_on_low": float(lo_on),
+                "success_on_high": float(hi_on),
+                "mcnemar_p": float(mcnemar_exact(off, on)),
+                "violations_off": int(g["violations_off"].sum()),
+                "violations_on": int(g["violations_on"].sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -109,24 +136,51 @@ def print_safety_table(table, title: str = "safety") -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("group", "shield", "n", "steps", "success", "interventions / 1000 steps", "violations / 1000 steps",
-                "rollouts with a violation"):
+    for col in (
+        "group",
+        "shield",
+        "n",
+        "steps",
+        "success",
+        "interventions / 1000 steps",
+        "violations / 1000 steps",
+        "rollouts with a violation",
+    ):
         t.add_column(col, justify="left" if col == "group" else "right")
     group_cols = [c for c in table.columns if c not in _NUMERIC]
     for _, r in table.iterrows():
-        t.add_row(" ".join(str(r[c]) for c in group_cols), "on" if r["shield"] else "off", str(r["n"]), str(r["steps"]),
-                  f"{r['success']:.2f} [{r['success_low']:.2f}, {r['success_high']:.2f}]",
-                  f"{r['interventions_per_1000']:.1f} [{r['interventions_low']:.1f}, {r['interventions_high']:.1f}]",
-                  f"{r['violations_per_1000']:.1f} [{r['violations_low']:.1f}, {r['violations_high']:.1f}]"
-                  + (f" (proposed {r['proposed_violations_per_1000']:.1f})" if r["shield"] else ""),
-                  f"{r['rollouts_with_violation']:.2f} [{r['rollouts_with_violation_low']:.2f}, "
-                  f"{r['rollouts_with_violation_high']:.2f}]")
+        t.add_row(
+            " ".join(str(r[c]) for c in group_cols),
+            "on" if r["shield"] else "off",
+            str(r["n"]),
+            str(r["steps"]),
+            f"{r['success']:.2f} [{r['success_low']:.2f}, {r['success_high']:.2f}]",
+            f"{r['interventions_per_1000']:.1f} [{r['interventions_low']:.1f}, {r['interventions_high']:.1f}]",
+            f"{r['violations_per_1000']:.1f} [{r['violations_low']:.1f}, {r['violations_high']:.1f}]"
+            + (f" (proposed {r['proposed_violations_per_1000']:.1f})" if r["shield"] else ""),
+            f"{r['rollouts_with_violation']:.2f} [{r['rollouts_with_violation_low']:.2f}, "
+            f"{r['rollouts_with_violation_high']:.2f}]",
+        )
     console = Console()
     # Intervals need room: never squeeze the table below 150 columns (wrapping beats truncating figures).
     Console(width=max(console.width, 150)).print(t)
 
 
-_NUMERIC = {"shield", "n", "steps", "success", "success_low", "success_high", "interventions_per_1000",
-            "interventions_low", "interventions_high", "violations_per_1000", "violations_low", "violations_high",
-            "proposed_violations_per_1000", "rollouts_with_violation", "rollouts_with_violation_low",
-            "rollouts_with_violation_high"}
+_NUMERIC = {
+    "shield",
+    "n",
+    "steps",
+    "success",
+    "success_low",
+    "success_high",
+    "interventions_per_1000",
+    "interventions_low",
+    "interventions_high",
+    "violations_per_1000",
+    "violations_low",
+    "violations_high",
+    "proposed_violations_per_1000",
+    "rollouts_with_violation",
+    "rollouts_with_violation_low",
+    "rollouts_with_violation_high",
+}

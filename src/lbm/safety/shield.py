@@ -34,13 +34,6 @@ import numpy as np
 from lbm.errors import LbmError
 from lbm.schema import Embodiment
 
-# Meta-World moves the mocap target by action_scale * a per step (sawyer_xyz_env.py: 1/100).
-METAWORLD_ACTION_SCALE = 0.01
-# Union over all 50 Meta-World v3 tasks of their mocap limits (measured from the task classes),
-# with the floor raised to the table top: a hand target below z=0 only pushes into the table.
-METAWORLD_WORKSPACE_LOW = (-0.5, 0.35, 0.0)
-METAWORLD_WORKSPACE_HIGH = (0.5, 1.0, 0.5)
-
 # Names of the limits an intervention can cite (column values of the intervention log).
 LIMITS = ("nonfinite", "shape", "bounds", "workspace", "rate", "accel", "stop")
 
@@ -108,8 +101,10 @@ class ShieldConfig:
         if self.stop_after is not None and self.stop_after < 1:
             problems.append("stop_after must be at least 1 or None")
         if problems:
-            raise LbmError(f"Invalid shield config for {self.embodiment!r}: " + "; ".join(problems) + ". Fix the config "
-                           "or start from lbm.safety.default_shield_config(embodiment).")
+            raise LbmError(
+                f"Invalid shield config for {self.embodiment!r}: " + "; ".join(problems) + ". Fix the config "
+                "or start from lbm.safety.default_shield_config(embodiment)."
+            )
 
     @property
     def action_dim(self) -> int:
@@ -117,25 +112,32 @@ class ShieldConfig:
 
 
 def default_shield_config(embodiment: Embodiment, **overrides) -> ShieldConfig:
-    """The default shield of an embodiment: its action bounds, plus Meta-World's workspace and rates.
+    """The default shield of an embodiment: its action bounds, and its workspace and rate limits when it has one.
 
-    For ``metaworld-sawyer`` the workspace box is the union of the 50 tasks' mocap limits (floor at
-    the table) and xyz commands may change by at most 1.0 per step (half the range); the gripper is
-    unlimited in rate and kept as it was on hold. Other embodiments get bounds only until their
-    workspace is described. ``overrides`` replace fields (e.g. ``max_rate=(0.5, 0.5, 0.5, None)``).
+    For an embodiment with a :class:`~lbm.schema.Workspace` (delta end-effector control, e.g. the
+    Meta-World Sawyer) the hand is kept inside the workspace box, each position command may change
+    by at most half its action range per step, and the hold command is zero motion with every other
+    dimension (the gripper) kept as it was. Other embodiments get bounds only. ``overrides`` replace
+    fields (e.g. ``max_rate=(0.5, 0.5, 0.5, None)``).
     """
-    base = ShieldConfig(embodiment=embodiment.name, action_low=tuple(embodiment.action_low),
-                        action_high=tuple(embodiment.action_high))
-    if embodiment.name == "metaworld-sawyer":
+    base = ShieldConfig(
+        embodiment=embodiment.name, action_low=tuple(embodiment.action_low), action_high=tuple(embodiment.action_high)
+    )
+    ws = embodiment.workspace
+    if ws is not None:
+        position = set(ws.action_dims)
         base = replace(
             base,
-            position_dims=(0, 1, 2),
-            state_position_dims=(0, 1, 2),
-            action_scale=METAWORLD_ACTION_SCALE,
-            workspace_low=METAWORLD_WORKSPACE_LOW,
-            workspace_high=METAWORLD_WORKSPACE_HIGH,
-            max_rate=(1.0, 1.0, 1.0, None),
-            hold_action=(0.0, 0.0, 0.0, None),
+            position_dims=ws.action_dims,
+            state_position_dims=ws.state_dims,
+            action_scale=ws.action_scale,
+            workspace_low=ws.low,
+            workspace_high=ws.high,
+            max_rate=tuple(
+                (hi - lo) / 2 if d in position else None
+                for d, (lo, hi) in enumerate(zip(embodiment.action_low, embodiment.action_high))
+            ),
+            hold_action=tuple(0.0 if d in position else None for d in range(embodiment.action_dim)),
         )
     return replace(base, **overrides) if overrides else base
 
@@ -195,8 +197,9 @@ class ActionShield:
         self._inf_hi = np.full(c.action_dim, np.inf)
         self._rate = _limits(c.max_rate, c.action_dim)
         self._low_l, self._high_l = list(c.action_low), list(c.action_high)
-        self._pos_l = [(a, s, lo, hi) for a, s, lo, hi in zip(c.position_dims, c.state_position_dims,
-                                                             c.workspace_low, c.workspace_high)]
+        self._pos_l = [
+            (a, s, lo, hi) for a, s, lo, hi in zip(c.position_dims, c.state_position_dims, c.workspace_low, c.workspace_high)
+        ]
         self._accel = _limits(c.max_accel, c.action_dim)
         self._rate_l = None if self._rate is None else self._rate.tolist()
         self._accel_l = None if self._accel is None else self._accel.tolist()
@@ -271,7 +274,9 @@ class ActionShield:
             raise LbmError("This shield checks the end-effector workspace and needs the current state; pass state=obs.state.")
         p = np.asarray(state, np.float64)[self._spos]
         if not np.all(np.isfinite(p)):
-            raise LbmError(f"The shield got a non-finite end-effector position {p.tolist()}; the state estimate is broken, stop the robot.")
+            raise LbmError(
+                f"The shield got a non-finite end-effector position {p.tolist()}; the state estimate is broken, stop the robot."
+            )
         # h_low = p - low >= 0 and h(t+1) >= (1 - g) h(t)  =>  a >= -g (p - low) / k; likewise above.
         g_k = self.config.barrier_gamma / self.config.action_scale
         w_lo, w_hi = self._inf_lo.copy(), self._inf_hi.copy()
@@ -283,7 +288,7 @@ class ActionShield:
         out = []
         if self.prev is not None and self._rate is not None:
             out.append((self.prev - self._rate, self.prev + self._rate))
-        if self.prev2 is not None and self._accel is not None:
+        if self.prev is not None and self.prev2 is not None and self._accel is not None:
             expected = 2 * self.prev - self.prev2  # constant-velocity continuation
             out.append((expected - self._accel, expected + self._accel))
         return out
@@ -297,7 +302,8 @@ class ActionShield:
             boxes.append(("workspace", self._workspace_box(state)))
         soft = self._soft_boxes()
         names = (["rate"] if self.prev is not None and self._rate is not None else []) + (
-            ["accel"] if self.prev2 is not None and self._accel is not None else [])
+            ["accel"] if self.prev2 is not None and self._accel is not None else []
+        )
         boxes += list(zip(names, soft))
         return tuple(n for n, (b_lo, b_hi) in boxes if np.any(changed & ((a < b_lo - tol) | (a > b_hi + tol))))
 
@@ -332,12 +338,12 @@ class ActionShield:
                 p = float(state[si])
                 if not -g_k * (p - w_lo) <= v[ai] <= g_k * (w_hi - p):
                     return False
-        if self.prev is not None and self._rate_l is not None:
+        if self.prev is not None and self._rate_l is not None and self._prev_l is not None:
             prev = self._prev_l
             for x, q, r in zip(v, prev, self._rate_l):
                 if abs(x - q) > r:
                     return False
-            if self.prev2 is not None and self._accel_l is not None:
+            if self.prev2 is not None and self._accel_l is not None and self._prev2_l is not None:
                 for x, q, q2, r in zip(v, prev, self._prev2_l, self._accel_l):
                     if abs(x - 2 * q + q2) > r:
                         return False
@@ -412,8 +418,9 @@ class ActionShield:
             if np.isfinite(magnitude):
                 self.stats.max_magnitude = max(self.stats.max_magnitude, magnitude)
             if self.keep_log:
-                self.log.append(Intervention(step, limits, None if requested is None else requested.copy(), safe.copy(),
-                                             magnitude, reason))
+                self.log.append(
+                    Intervention(step, limits, None if requested is None else requested.copy(), safe.copy(), magnitude, reason)
+                )
             self._consecutive += 1
             if c.stop_after is not None and self._consecutive >= c.stop_after and not self.stopped:
                 self.stop(f"{self._consecutive} consecutive interventions")

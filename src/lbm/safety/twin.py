@@ -1,3 +1,5 @@
+# MuJoCo's Python bindings are a compiled module without type stubs: pyright cannot see its functions.
+# pyright: reportAttributeAccessIssue=false
 """Predictive check of an action chunk against a digital twin (a copy of the MuJoCo state).
 
 Before a chunk is executed, :class:`TwinCheck` rolls it out on a scratch ``MjData`` copied from the
@@ -21,20 +23,35 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbm.errors import LbmError
-from lbm.safety.shield import METAWORLD_WORKSPACE_HIGH, METAWORLD_WORKSPACE_LOW
+from lbm.sim.env import METAWORLD_WORKSPACE
 
 # Sawyer arm links: touching the world with these (rather than the gripper) is a collision.
-SAWYER_ARM_BODIES = ("right_arm_base_link", "right_l0", "right_l1", "right_l2", "right_l3", "right_l4", "right_l5",
-                     "right_l6", "right_l1_2", "right_l2_2", "right_l4_2", "head", "screen", "torso", "pedestal")
+SAWYER_ARM_BODIES = (
+    "right_arm_base_link",
+    "right_l0",
+    "right_l1",
+    "right_l2",
+    "right_l3",
+    "right_l4",
+    "right_l5",
+    "right_l6",
+    "right_l1_2",
+    "right_l2_2",
+    "right_l4_2",
+    "head",
+    "screen",
+    "torso",
+    "pedestal",
+)
 
 
 @dataclass(frozen=True)
 class TwinConfig:
     """What the twin check forbids."""
 
-    workspace_low: tuple[float, float, float] = METAWORLD_WORKSPACE_LOW
+    workspace_low: tuple[float, ...] = METAWORLD_WORKSPACE.low
     """Lower corner of the allowed end-effector box (metres)."""
-    workspace_high: tuple[float, float, float] = METAWORLD_WORKSPACE_HIGH
+    workspace_high: tuple[float, ...] = METAWORLD_WORKSPACE.high
     """Upper corner of the allowed end-effector box (metres)."""
     arm_bodies: tuple[str, ...] = SAWYER_ARM_BODIES
     """Robot bodies that must not touch anything outside the robot."""
@@ -69,10 +86,10 @@ class TwinCheck:
             raise LbmError(f"TwinConfig.mode must be 'truncate' or 'reject', got {self.config.mode!r}.")
         self.env = env
         self.model = env.model
-        inner = env._env  # the Meta-World env: its actuation constants
-        self.scale = float(inner.action_scale)
-        self.frame_skip = int(inner.frame_skip)
-        self.mocap_low, self.mocap_high = np.asarray(inner.mocap_low), np.asarray(inner.mocap_high)
+        actuation = env.actuation  # Meta-World's: how an action moves the mocap target
+        self.scale = actuation.action_scale
+        self.frame_skip = actuation.frame_skip
+        self.mocap_low, self.mocap_high = actuation.mocap_low, actuation.mocap_high
         self.scratch = mujoco.MjData(self.model)
         self._spec = mujoco.mjtState.mjSTATE_INTEGRATION
         self._state = np.empty(mujoco.mj_stateSize(self.model, self._spec))

@@ -11,21 +11,24 @@ Quick use::
             break
 """
 
-from lbm.sim.env import METAWORLD_EMBODIMENT, RenderConfig, SimEnv, StepResult, make_env
+from lbm.sim.env import METAWORLD_EMBODIMENT, METAWORLD_WORKSPACE, MocapActuation, RenderConfig, SimEnv, StepResult, make_env
 from lbm.sim.registry import TASK_SETS, TASKS, TaskSpec, get_task, resolve_tasks, task_for_instruction
 from lbm.sim.seeds import DEMO_SEED_RANGE, EVAL_SEED_RANGE, demo_seed, eval_seed
-from lbm.sim.shifts import LEVELS, SHIFTS, Shift, parse_shifts
+from lbm.sim.shifts import LEVELS, SHIFTS, Shift, ShiftContext, parse_shifts
 
 __all__ = [
     "DEMO_SEED_RANGE",
     "EVAL_SEED_RANGE",
     "LEVELS",
     "METAWORLD_EMBODIMENT",
+    "METAWORLD_WORKSPACE",
+    "MocapActuation",
     "SHIFTS",
     "TASKS",
     "TASK_SETS",
     "RenderConfig",
     "Shift",
+    "ShiftContext",
     "SimEnv",
     "StepResult",
     "TaskSpec",

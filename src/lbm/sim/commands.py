@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+
 from lbm.errors import LbmError
 
 
-def tasks(set: str = "mt50", show_instructions: bool = False) -> int:  # noqa: A002 - CLI name
-    """List the simulation tasks, task sets, cameras and distribution shifts.
+@dataclass(frozen=True)
+class TasksConfig:
+    """List the simulation tasks, task sets, cameras and distribution shifts."""
 
-    Args:
-        set: Which tasks to list: a task set (mt10, mt50, ml45-train, ml45-test), task names
-            separated by commas, or a mix such as "mt10,hammer".
-        show_instructions: Also print every paraphrase of each task's instruction.
-    """
+    set: str = "mt50"
+    """Which tasks to list: a task set (mt10, mt50, ml45-train, ml45-test), task names separated by commas, or a mix
+    such as "mt10,hammer"."""
+    show_instructions: bool = False
+    """Also print every paraphrase of each task's instruction."""
+
+
+def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
+    """List the simulation tasks (see TasksConfig)."""
+    set = config.set  # noqa: A001 - the option's name
+    show_instructions = config.show_instructions
     from rich.console import Console
     from rich.table import Table
 

@@ -1,3 +1,5 @@
+# MuJoCo's Python bindings are a compiled module without type stubs: pyright cannot see its functions.
+# pyright: reportAttributeAccessIssue=false
 """Meta-World v3 behind the lbm schema: seeded resets, shifts, rendering and scripted experts.
 
 :func:`make_env` builds a :class:`SimEnv` for one task. ``reset(seed)`` fully determines the
@@ -26,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
-from lbm.schema import Embodiment, Observation
+from lbm.schema import Embodiment, Observation, Workspace
 from lbm.sim.registry import TaskSpec, get_task
-from lbm.sim.shifts import Shift, parse_shifts
+from lbm.sim.shifts import Shift, ShiftContext, parse_shifts
 
 MAX_METAWORLD_STEPS = 500  # Meta-World raises ValueError on step 501
 
@@ -40,6 +42,12 @@ FREE_CAMERAS: dict[str, dict[str, Any]] = {
 }
 
 _OBJ_NAMES = tuple(f"obj_{i}" for i in range(14))
+# Meta-World moves the mocap target by action_scale * a per step (sawyer_xyz_env.py: 1/100). The box
+# is the union over all 50 v3 tasks of their mocap limits (measured from the task classes), with the
+# floor raised to the table top: a hand target below z=0 only pushes into the table.
+METAWORLD_WORKSPACE = Workspace(
+    action_dims=(0, 1, 2), state_dims=(0, 1, 2), action_scale=0.01, low=(-0.5, 0.35, 0.0), high=(0.5, 1.0, 0.5)
+)
 METAWORLD_EMBODIMENT = Embodiment(
     name="metaworld-sawyer",
     state_dim=39,
@@ -51,14 +59,37 @@ METAWORLD_EMBODIMENT = Embodiment(
     # Meta-World's 39-D state: hand xyz, gripper opening, up to 2 objects (pos + quat, 14 numbers),
     # the same 18 numbers from the previous step, then the goal position.
     state_names=(
-        "hand_x", "hand_y", "hand_z", "gripper",
+        "hand_x",
+        "hand_y",
+        "hand_z",
+        "gripper",
         *_OBJ_NAMES,
-        "prev_hand_x", "prev_hand_y", "prev_hand_z", "prev_gripper",
+        "prev_hand_x",
+        "prev_hand_y",
+        "prev_hand_z",
+        "prev_gripper",
         *(f"prev_{n}" for n in _OBJ_NAMES),
-        "goal_x", "goal_y", "goal_z",
+        "goal_x",
+        "goal_y",
+        "goal_z",
     ),  # fmt: skip
     action_names=("dx", "dy", "dz", "gripper"),
+    workspace=METAWORLD_WORKSPACE,
 )
+
+
+@dataclass(frozen=True)
+class MocapActuation:
+    """How Meta-World turns an action into motion (for a digital twin that reproduces it)."""
+
+    action_scale: float
+    """The mocap target moves by action_scale * action[:3] per step."""
+    frame_skip: int
+    """Physics steps per action."""
+    mocap_low: np.ndarray
+    """Lower corner of the task's mocap box."""
+    mocap_high: np.ndarray
+    """Upper corner of the task's mocap box."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +132,7 @@ _exit_hook_registered = False
 
 def _close_forgotten_renderers() -> None:
     for env in list(_RENDERING):
-        env._close_renderer()
+        env.close_renderer()
 
 
 def _task_key(task: str) -> int:
@@ -111,6 +142,12 @@ def _task_key(task: str) -> int:
 
 class SimEnv:
     """One Meta-World task behind the lbm schema. Build it with :func:`make_env`."""
+
+    EDITABLE_MODEL_FIELDS = (
+        "geom_friction", "body_mass", "body_inertia", "geom_rgba", "mat_rgba",
+        "light_diffuse", "light_specular", "light_dir", "cam_pos", "cam_quat",
+    )  # fmt: skip
+    """MuJoCo model fields a shift may edit; each reset restores them to their nominal values."""
 
     def __init__(
         self,
@@ -151,30 +188,25 @@ class SimEnv:
             warnings.simplefilter("ignore")
             self._env = cls()
             # Goal observable, as in Meta-World's MT benchmarks: the goal is part of the state.
-            mid = (self._env._random_reset_space.low + self._env._random_reset_space.high) / 2
+            space = self._env._random_reset_space  # noqa: SLF001 - Meta-World exposes its reset box only privately
+            mid = (space.low + space.high) / 2
             data = {"env_cls": cls, "rand_vec": mid, "partially_observable": False}
             self._env.set_task(Task(env_name=self.task, data=pickle.dumps(data)))
             self._expert = ENV_POLICY_MAP[self.task]()
         self.model, self.data = self._env.model, self._env.data
-        self._nominal_space = (self._env._random_reset_space.low.copy(), self._env._random_reset_space.high.copy())
+        self._nominal_space = (space.low.copy(), space.high.copy())
 
         mujoco.mj_forward(self.model, self.data)
         # Cameras whose up axis points down in the world are mounted upside down: rotate by 180.
         self._rotate_180 = {
-            self.model.camera(i).name: bool(self.data.cam_xmat[i].reshape(3, 3)[2, 1] < 0)
-            for i in range(self.model.ncam)
+            self.model.camera(i).name: bool(self.data.cam_xmat[i].reshape(3, 3)[2, 1] < 0) for i in range(self.model.ncam)
         }
         robot = self._subtree(self.model.body("base").id) | {self.model.body("mocap").id, 0}
         self._scene_geoms = np.array([g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] not in robot], int)
-        self._movable_object_bodies = [
+        self._movable_bodies = tuple(
             b for b in range(1, self.model.nbody) if b not in robot and self._has_joint_above(b) and self.model.body_mass[b] > 0
-        ]
-        # Everything a shift may edit, so each reset starts from the nominal model.
-        self._model_fields = (
-            "geom_friction", "body_mass", "body_inertia", "geom_rgba", "mat_rgba",
-            "light_diffuse", "light_specular", "light_dir", "cam_pos", "cam_quat",
-        )  # fmt: skip
-        self._nominal_model = {k: getattr(self.model, k).copy() for k in self._model_fields}
+        )
+        self._nominal_model = {k: getattr(self.model, k).copy() for k in self.EDITABLE_MODEL_FIELDS}
         self._nominal_headlight = {
             attr: np.array(getattr(self.model.vis.headlight, attr)) for attr in ("diffuse", "ambient", "specular")
         }
@@ -213,6 +245,30 @@ class SimEnv:
         """The shifts that do something (level other than ``none``)."""
         return self._active_shifts
 
+    @property
+    def shift_context(self) -> ShiftContext:
+        """What shifts may edit in this scene: the model, the non-robot geoms and movable bodies, free cameras."""
+        return ShiftContext(
+            model=self.model,
+            action_dim=self.embodiment.action_dim,
+            movable_bodies=self._movable_bodies,
+            scene_geoms=self._scene_geoms,
+            free_cameras=self._free_cameras,
+        )
+
+    @property
+    def nominal_reset_space(self) -> tuple[np.ndarray, np.ndarray]:
+        """Meta-World's initial-condition box ``(low, high)`` before any shift widens it (copies)."""
+        return self._nominal_space[0].copy(), self._nominal_space[1].copy()
+
+    @property
+    def actuation(self) -> MocapActuation:
+        """Meta-World's actuation constants of this task (for a digital twin)."""
+        env = self._env
+        return MocapActuation(
+            float(env.action_scale), int(env.frame_skip), np.asarray(env.mocap_low).copy(), np.asarray(env.mocap_high).copy()
+        )
+
     # ---- episode ----------------------------------------------------------------------------
     def reset(self, seed: int, instruction: str | None = None) -> Observation:
         """Start an episode whose initial condition is fully determined by (task, seed, shifts).
@@ -237,24 +293,28 @@ class SimEnv:
             rng = np.random.default_rng([seed, task_key, _task_key(shift.name)])
             self._shift_rngs[shift.name], self._shift_scratch[shift.name] = rng, {}
             low, high = shift.reset_space(low, high)
+        context = self.shift_context
         for shift in self.active_shifts:
-            record = shift.on_reset(self, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
+            record = shift.on_reset(context, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
             self.shift_record[shift.name] = {"level": shift.level, **record}
         if any(s.name == "mass" for s in self.active_shifts):
             mujoco.mj_setConst(self.model, self.data)  # derived inertia quantities follow body_mass
 
         # Let Meta-World's own reset loop draw the initial condition (it rejects overlapping
         # object/goal draws per task) from our seeded generator, then freeze it for the episode.
+        # Meta-World ignores reset(seed=) and has no public API for its reset box and draw, hence
+        # the private fields below (pinned metaworld==3.1.1; tests/test_sim.py checks the behaviour).
         env = self._env
-        env._random_reset_space = type(env._random_reset_space)(low, high, dtype=np.float64)
+        box = type(env._random_reset_space)  # noqa: SLF001
+        env._random_reset_space = box(low, high, dtype=np.float64)  # noqa: SLF001
         env.np_random = np.random.default_rng([seed, task_key])
-        env._freeze_rand_vec, env.seeded_rand_vec = False, True
+        env._freeze_rand_vec, env.seeded_rand_vec = False, True  # noqa: SLF001
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state, _ = env.reset()
-        env._freeze_rand_vec = True
-        env._random_reset_space = type(env._random_reset_space)(*self._nominal_space, dtype=np.float64)
-        self.initial_condition = np.array(env._last_rand_vec, dtype=np.float64)
+        env._freeze_rand_vec = True  # noqa: SLF001
+        env._random_reset_space = box(*self._nominal_space, dtype=np.float64)  # noqa: SLF001
+        self.initial_condition = np.array(env._last_rand_vec, dtype=np.float64)  # noqa: SLF001
         self.shift_record["initial_condition"] = self.initial_condition.tolist()
         return self._observe(state)
 
@@ -346,10 +406,11 @@ class SimEnv:
 
     def close(self) -> None:
         """Free the renderer (EGL contexts left open print errors at exit) and the simulator."""
-        self._close_renderer()
+        self.close_renderer()
         self._env.close()
 
-    def _close_renderer(self) -> None:
+    def close_renderer(self) -> None:
+        """Free the renderer (it is built again on the next render)."""
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
@@ -363,7 +424,10 @@ class SimEnv:
 
     def __repr__(self) -> str:
         shifts = ",".join(s.spec for s in self.shifts) or "none"
-        return f"SimEnv({self.task!r}, cameras={self.cameras}, image_size={self.image_size}, shifts={shifts!r}, max_steps={self.max_steps})"
+        return (
+            f"SimEnv({self.task!r}, cameras={self.cameras}, image_size={self.image_size}, shifts={shifts!r}, "
+            f"max_steps={self.max_steps})"
+        )
 
 
 def make_env(
@@ -393,4 +457,6 @@ def make_env(
         raise LbmError(f"Camera list {list(cameras)} names a camera twice; give each camera once.")
     if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
         raise LbmError(f"image_size must be an integer between 8 and 1024 pixels, got {image_size!r}.")
-    return SimEnv(spec, cameras=cameras, image_size=int(image_size), shifts=parse_shifts(shifts), render=render, max_steps=max_steps)
+    return SimEnv(
+        spec, cameras=cameras, image_size=int(image_size), shifts=parse_shifts(shifts), render=render, max_steps=max_steps
+    )

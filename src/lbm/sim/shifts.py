@@ -1,3 +1,5 @@
+# MuJoCo's Python bindings are a compiled module without type stubs: pyright cannot see its functions.
+# pyright: reportAttributeAccessIssue=false
 """Distribution shifts: named, composable perturbations with a severity level.
 
 A shift is chosen by name and level (``"friction:high"``) and applied by :class:`lbm.sim.SimEnv`
@@ -19,17 +21,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lbm.sim.env import SimEnv
-
 LEVELS: tuple[str, ...] = ("none", "low", "medium", "high")
 """Severity levels, from no perturbation to the strongest."""
+
+
+@dataclass(frozen=True)
+class ShiftContext:
+    """What a shift may edit in one scene, handed over by the environment at every reset.
+
+    Everything here is restored to nominal by the environment before the next reset, so edits never
+    accumulate. Simulator backends fill it from their own scene description.
+    """
+
+    model: Any
+    """The ``mujoco.MjModel`` of the scene (its fields in ``SimEnv.EDITABLE_MODEL_FIELDS`` may be edited)."""
+    action_dim: int
+    """Width of one action."""
+    movable_bodies: tuple[int, ...]
+    """Bodies outside the robot that can move (objects, drawers, doors, handles)."""
+    scene_geoms: np.ndarray
+    """Geoms that do not belong to the robot (table, objects), int ``(G,)``."""
+    free_cameras: dict[str, dict[str, Any]]
+    """Parameters of the free cameras (lookat, distance, azimuth, elevation), editable in place."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,7 @@ class Shift:
         """Return the initial-condition sampling box (Meta-World's ``_random_reset_space``)."""
         return low, high
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         """Apply per-episode changes (model edits, buffers); return a JSON-able record of them."""
         return {}
 
@@ -143,7 +162,7 @@ class ObsNoise(Shift):
     def observe(self, state: np.ndarray, rng: np.random.Generator, scratch: dict) -> np.ndarray:
         return (state + rng.normal(0.0, self.magnitude, state.shape)).astype(np.float32)
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         return {"std": self.magnitude}
 
 
@@ -152,8 +171,7 @@ class ActionNoise(Shift):
     name: ClassVar[str] = "action_noise"
     kind: ClassVar[str] = "action"
     what: ClassVar[str] = (
-        "Adds independent Gaussian noise to every action before execution, then clips it to the "
-        "action bounds [-1, 1]."
+        "Adds independent Gaussian noise to every action before execution, then clips it to the action bounds [-1, 1]."
     )
     unit: ClassVar[str] = "std, normalized action units"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.05, "medium": 0.1, "high": 0.2}
@@ -162,7 +180,7 @@ class ActionNoise(Shift):
         noisy = action + rng.normal(0.0, self.magnitude, action.shape)
         return np.clip(noisy, -1.0, 1.0).astype(np.float32)
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         return {"std": self.magnitude}
 
 
@@ -178,9 +196,9 @@ class ActionLatency(Shift):
     unit: ClassVar[str] = "steps of delay"
     magnitudes: ClassVar[dict[str, float]] = {"low": 1, "medium": 2, "high": 4}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         k = int(self.magnitude)
-        scratch["queue"] = [np.zeros(env.embodiment.action_dim, np.float32) for _ in range(k)]
+        scratch["queue"] = [np.zeros(ctx.action_dim, np.float32) for _ in range(k)]
         return {"delay_steps": k}
 
     def act(self, action: np.ndarray, rng: np.random.Generator, scratch: dict) -> np.ndarray:
@@ -201,9 +219,9 @@ class Friction(Shift):
     unit: ClassVar[str] = "max factor k"
     magnitudes: ClassVar[dict[str, float]] = {"low": 1.3, "medium": 1.7, "high": 2.5}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         factor = _signed_factor(rng, self.magnitude)
-        env.model.geom_friction[:, 0] *= factor
+        ctx.model.geom_friction[:, 0] *= factor
         return {"factor": factor}
 
 
@@ -219,13 +237,13 @@ class Mass(Shift):
     unit: ClassVar[str] = "max factor k"
     magnitudes: ClassVar[dict[str, float]] = {"low": 1.5, "medium": 2.5, "high": 5.0}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         record = {}
-        for body in env._movable_object_bodies:
+        for body in ctx.movable_bodies:
             factor = _signed_factor(rng, self.magnitude)
-            env.model.body_mass[body] *= factor
-            env.model.body_inertia[body] *= factor
-            record[env.model.body(body).name or f"body{body}"] = factor
+            ctx.model.body_mass[body] *= factor
+            ctx.model.body_inertia[body] *= factor
+            record[ctx.model.body(body).name or f"body{body}"] = factor
         return {"factors": record}
 
 
@@ -242,11 +260,11 @@ class CameraPose(Shift):
     unit: ClassVar[str] = "m (and x100 degrees)"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.02, "medium": 0.05, "high": 0.1}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         import mujoco
 
         m, deg = self.magnitude, 100.0 * self.magnitude
-        model = env.model
+        model = ctx.model
         for cam in range(model.ncam):
             model.cam_pos[cam] += rng.uniform(-m, m, 3)
             axis = rng.normal(size=3)
@@ -256,7 +274,7 @@ class CameraPose(Shift):
             mujoco.mju_mulQuat(out, turn, model.cam_quat[cam])
             model.cam_quat[cam] = out
         record = {}
-        for name, params in env._free_cameras.items():
+        for name, params in ctx.free_cameras.items():
             params["lookat"] = np.asarray(params["lookat"]) + rng.uniform(-m, m, 3)
             params["distance"] = params["distance"] + rng.uniform(-m, m)
             params["azimuth"] = params["azimuth"] + rng.uniform(-deg, deg)
@@ -278,9 +296,9 @@ class Lighting(Shift):
     unit: ClassVar[str] = "m, relative intensity change"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.3, "medium": 0.6, "high": 1.0}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         m = self.magnitude
-        model = env.model
+        model = ctx.model
         gain = _signed_factor(rng, 1.0 + m)
         tint = 1.0 + rng.uniform(-m / 3, m / 3, 3)
         scale = np.clip(gain * tint, 0.0, None)
@@ -308,14 +326,14 @@ class Color(Shift):
     unit: ClassVar[str] = "max RGB offset"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.1, "medium": 0.25, "high": 0.5}
 
-    def on_reset(self, env: SimEnv, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+    def on_reset(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
         m = self.magnitude
-        model = env.model
+        model = ctx.model
         # MuJoCo draws a geom that has a material in the material's color unless the geom's own
         # rgba was changed from the default, so recolor materials, and plain geoms directly.
-        geoms = env._scene_geoms[model.geom_matid[env._scene_geoms] < 0]
+        geoms = ctx.scene_geoms[model.geom_matid[ctx.scene_geoms] < 0]
         model.geom_rgba[geoms, :3] = _offset_color(model.geom_rgba[geoms, :3], rng.uniform(-m, m, (len(geoms), 3)))
-        mats = np.unique(model.geom_matid[env._scene_geoms])
+        mats = np.unique(model.geom_matid[ctx.scene_geoms])
         mats = mats[mats >= 0]
         model.mat_rgba[mats, :3] = _offset_color(model.mat_rgba[mats, :3], rng.uniform(-m, m, (len(mats), 3)))
         return {"geoms": len(geoms), "materials": len(mats)}

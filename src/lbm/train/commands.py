@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -24,35 +25,61 @@ def train(config: Annotated[TrainPreset, tyro.conf.arg(name=""), tyro.conf.OmitS
     return 0
 
 
-def policy_info(checkpoint: Annotated[Path, tyro.conf.Positional]) -> int:
-    """Print what a checkpoint folder contains: policy, embodiments, stats, instructions, training."""
+@dataclass(frozen=True)
+class PolicyInfoConfig:
+    """Print what a checkpoint folder contains: policy, embodiments, stats, instructions, training.
+
+    The checkpoint is loaded the way evaluation and serving load it, so weights that do not match
+    the architecture its config describes are reported here too.
+    """
+
+    checkpoint: Annotated[Path, tyro.conf.Positional]
+    """Checkpoint folder written by `lbm train`."""
+
+
+def policy_info(config: Annotated[PolicyInfoConfig, tyro.conf.arg(name="")]) -> int:
+    """Print what a checkpoint folder contains (see PolicyInfoConfig)."""
     from rich.console import Console
     from rich.table import Table
 
-    from lbm.train.checkpoint import _load_tensors, load_instructions, load_stats_of, read_checkpoint_config
+    from lbm.train.checkpoint import load_policy, load_stats_of, read_checkpoint_config
 
-    config = read_checkpoint_config(checkpoint)
-    weights = _load_tensors(checkpoint / "model.safetensors")
+    checkpoint = config.checkpoint
+    policy = load_policy(checkpoint)  # checks the weights against the architecture
     stats = load_stats_of(checkpoint)
-    instructions = load_instructions(checkpoint)
-    params = sum(v.numel() for k, v in weights.items() if not k.endswith(("_shift", "_scale", "_mask")))
-    pol, train_cfg = config["policy"], config.get("train", {})
+    instructions = policy.instructions
+    params = sum(p.numel() for p in policy.parameters())
+    saved = read_checkpoint_config(checkpoint)
+    pol, train_cfg = saved["policy"], saved.get("train", {})
     table = Table(title=f"checkpoint {checkpoint}", show_header=False)
     rows = [
         ("family", pol["family"]),
         ("parameters", f"{params:,}"),
-        ("size", f"layers={pol['num_layers']} heads={pol['num_heads']}; observations D={pol['d_model']} ff={pol['ff_dim']}; "
-                 f"actions D={pol['action_d_model']} ff={pol['action_ff_dim']}"),
+        (
+            "size",
+            f"layers={pol['num_layers']} heads={pol['num_heads']}; observations D={pol['d_model']} ff={pol['ff_dim']}; "
+            f"actions D={pol['action_d_model']} ff={pol['action_ff_dim']}",
+        ),
         ("horizon / history", f"{pol['horizon']} / {pol['history']}"),
         ("cameras", ", ".join(pol["cameras"]) or "none (state only)"),
         ("normalization", f"state {pol['state_norm']}, action {pol['action_norm']}"),
-        ("step", str(config["step"])),
-        ("training", f"{train_cfg.get('name', '?')} mode={train_cfg.get('mode', '?')} data={', '.join(train_cfg.get('data', {}).get('roots', []))}"),
+        ("step", str(saved["step"])),
+        (
+            "training",
+            f"{train_cfg.get('name', '?')} mode={train_cfg.get('mode', '?')} "
+            f"data={', '.join(train_cfg.get('data', {}).get('roots', []))}",
+        ),
         ("instructions cached", str(len(instructions))),
         ("resumable", "yes" if (checkpoint / "trainer" / "state.json").is_file() else "no"),
     ]
-    for e in config["embodiments"]:
-        rows.append((f"embodiment {e['name']}", f"state {e['state_dim']}, action {e['action_dim']}, stats: {', '.join(sorted(stats.get(e['name'], {}))) or 'MISSING'}"))
+    for e in saved["embodiments"]:
+        rows.append(
+            (
+                f"embodiment {e['name']}",
+                f"state {e['state_dim']}, action {e['action_dim']}, stats: "
+                f"{', '.join(sorted(stats.get(e['name'], {}))) or 'MISSING'}",
+            )
+        )
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)

@@ -60,7 +60,7 @@ class FinetuneConfig:
     """'full': train everything; 'head_only': freeze encoders and trunk; 'lora': LoRA adapters (peft) + heads, merged on save."""
     lora_rank: int = 16
     """LoRA rank r."""
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     """LoRA scaling alpha (update scaled by alpha / r)."""
     stats: Literal["checkpoint", "dataset"] = "checkpoint"
     """Normalization stats for embodiments the checkpoint knows: keep the pretraining ones, or use the new data's."""
@@ -103,6 +103,8 @@ class TrainConfig:
     """'auto': bf16 autocast on CUDA with bf16 support, else fp32 (on CPUs bf16 autocast is slower here)."""
     resume: bool = False
     """Continue OUT_DIR/checkpoint bit-for-bit (same schedule, data order and noise)."""
+    overwrite: bool = False
+    """Replace an existing OUT_DIR/checkpoint instead of refusing to start (without --resume)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to OUT_DIR/tb (metrics.jsonl is always written)."""
     wandb: str = ""

@@ -14,13 +14,13 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from lbm.errors import LbmError
-from lbm.policies import InstructionCache, build_policy, config_from_json
+from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json
 from lbm.schema import Embodiment
 from lbm.train import checkpoint as ckpt
 from lbm.train.config import TrainConfig
@@ -88,20 +88,79 @@ def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
 def _start_wandb(config: TrainConfig, out_dir: Path) -> Any:
     """A Weights & Biases run logging the same scalars as metrics.jsonl (resumed runs continue it)."""
     try:
-        import wandb
+        import wandb  # pyright: ignore[reportMissingImports] - the optional lbm[wandb] extra
     except ImportError:
-        raise LbmError("--wandb needs the wandb package: pip install 'lbm[wandb]' (or drop --wandb; metrics.jsonl and TensorBoard are always written).") from None
+        raise LbmError(
+            "--wandb needs the wandb package: pip install 'lbm[wandb]' (or drop --wandb; metrics.jsonl and TensorBoard "
+            "are always written)."
+        ) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     id_file = out_dir / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if config.resume and id_file.is_file() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id + "\n")
-    return wandb.init(project=config.wandb, name=config.name, id=run_id, resume="allow", dir=str(out_dir),
-                      config=dataclasses.asdict(config))
+    return wandb.init(
+        project=config.wandb, name=config.name, id=run_id, resume="allow", dir=str(out_dir), config=dataclasses.asdict(config)
+    )
 
 
 FINETUNE_TRAINING_FIELDS = ("dropout", "crop_fraction")
 """Policy fields a finetuning run sets itself; every other field (architecture, normalization,
 sampling) is the pretrained checkpoint's."""
+
+
+def validate_config(config: TrainConfig, world: int = 1) -> None:
+    """Refuse settings that cannot train, naming the option (before any data is read)."""
+    o, d = config.optim, config.data
+    problems = []
+    if config.steps < 1:
+        problems.append(f"--steps must be >= 1 (got {config.steps})")
+    if config.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
+    elif config.batch_size % world:
+        problems.append(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
+    for name, value, low in (
+        ("--optim.lr", o.lr, "> 0"),
+        ("--optim.weight-decay", o.weight_decay, ">= 0"),
+        ("--optim.grad-clip", o.grad_clip, ">= 0"),
+        ("--optim.min-lr-ratio", o.min_lr_ratio, ">= 0"),
+    ):
+        if not math.isfinite(value) or (value <= 0 if low == "> 0" else value < 0):
+            problems.append(f"{name} must be a finite number {low} (got {value})")
+    for name, value in (("--optim.beta1", o.beta1), ("--optim.beta2", o.beta2), ("--optim.ema-decay", o.ema_decay)):
+        if not 0 <= value < 1:
+            problems.append(f"{name} must be in [0, 1) (got {value})")
+    for name, value in (
+        ("--optim.warmup-steps", o.warmup_steps),
+        ("--data.val-episodes", d.val_episodes),
+        ("--data.num-workers", d.num_workers),
+        ("--val-every", config.val_every),
+        ("--val-batches", config.val_batches),
+        ("--threads", config.threads),
+    ):
+        if value < 0:
+            problems.append(f"{name} must be >= 0 (got {value})")
+    for name, value in (("--log-every", config.log_every), ("--save-every", config.save_every)):
+        if value < 1:
+            problems.append(f"{name} must be >= 1 (got {value})")
+    if not 0 < d.fraction <= 1:
+        problems.append(f"--data.fraction must be in (0, 1] (got {d.fraction})")
+    if not math.isfinite(config.max_minutes) or config.max_minutes < 0:
+        problems.append(f"--max-minutes must be >= 0 (got {config.max_minutes})")
+    if not d.roots:
+        problems.append("no training data: pass --data.roots DIR [DIR ...] (folders written by `lbm data generate`)")
+    resolved = [str(Path(r).resolve()) for r in d.roots]
+    repeated = sorted({r for r, full in zip(d.roots, resolved) if resolved.count(full) > 1})
+    if repeated:
+        problems.append(
+            f"--data.roots lists {', '.join(repeated)} more than once, which would count its data twice; list "
+            "each dataset once and use --data.weights to weigh one more"
+        )
+    if d.weights and len(d.weights) != len(d.roots):
+        problems.append(f"--data.weights has {len(d.weights)} values for {len(d.roots)} datasets")
+    if any(not math.isfinite(w) or w < 0 for w in d.weights) or (d.weights and sum(d.weights) <= 0):
+        problems.append(f"--data.weights must be non-negative finite numbers with a positive sum (got {list(d.weights)})")
+    if problems:
+        raise LbmError("Invalid training settings: " + "; ".join(problems) + ".")
 
 
 def train(config: TrainConfig) -> Path:
@@ -113,7 +172,9 @@ def train(config: TrainConfig) -> Path:
     # ---- processes, devices, seeds -------------------------------------------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
+    device = torch.device(
+        "cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device)
+    )
     if world > 1:
         import torch.distributed as dist
 
@@ -124,19 +185,26 @@ def train(config: TrainConfig) -> Path:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if config.threads:
         torch.set_num_threads(config.threads)
-    if config.batch_size % world:
-        raise LbmError(f"batch_size={config.batch_size} is not divisible by the {world} processes; choose a multiple of {world}.")
-    if config.steps < 1:
-        raise LbmError(f"steps must be >= 1 (got {config.steps}).")
+    validate_config(config, world)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
     out_dir = Path(config.out_dir or f"runs/{config.name}")
     ckpt_dir = out_dir / "checkpoint"
     torch.manual_seed(config.seed)
     main = rank == 0
+    if main:
+        for line in ckpt.recover(ckpt_dir):
+            print(f"[lbm train] {ckpt_dir}: {line}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank sees the recovered folder
+    if ckpt.is_complete(ckpt_dir) and not config.resume and not config.overwrite:
+        raise LbmError(
+            f"{ckpt_dir} already holds a checkpoint. Pass --resume to continue it, --overwrite to replace it, or "
+            "choose another --out-dir."
+        )
 
     # ---- data ----------------------------------------------------------------------------------
-    if not config.data.roots:
-        raise LbmError("No training data: pass --data.roots DIR [DIR ...] (folders written by `lbm data generate`).")
     datasets = [EpisodeDataset(r) for r in config.data.roots]
     init = None
     if config.mode == "finetune":
@@ -145,9 +213,14 @@ def train(config: TrainConfig) -> Path:
         init = ckpt.read_checkpoint_config(config.finetune.init_from)
     policy_cfg = config.policy
     if init:
-        policy_cfg = dataclasses.replace(config_from_json(init["policy"]), **{f: getattr(config.policy, f) for f in FINETUNE_TRAINING_FIELDS})
-        ignored = [f"{f.name}={getattr(config.policy, f.name)!r} (checkpoint: {getattr(policy_cfg, f.name)!r})"
-                   for f in dataclasses.fields(policy_cfg) if getattr(config.policy, f.name) != getattr(policy_cfg, f.name)]
+        policy_cfg = dataclasses.replace(
+            config_from_json(init["policy"]), **{f: getattr(config.policy, f) for f in FINETUNE_TRAINING_FIELDS}
+        )
+        ignored = [
+            f"{f.name}={getattr(config.policy, f.name)!r} (checkpoint: {getattr(policy_cfg, f.name)!r})"
+            for f in dataclasses.fields(policy_cfg)
+            if getattr(config.policy, f.name) != getattr(policy_cfg, f.name)
+        ]
         if ignored and main:
             print(f"[lbm train] finetuning keeps the checkpoint's policy config; not applied: {', '.join(ignored)}")
     embodiments: dict[str, Embodiment] = {}
@@ -169,10 +242,11 @@ def train(config: TrainConfig) -> Path:
     for ds in datasets:
         n_val = config.data.val_episodes if ds.num_episodes > config.data.val_episodes else 0
         split = ds.num_episodes - n_val
-        make = lambda eps: WindowDataset(ds, history=policy_cfg.history, horizon=policy_cfg.horizon, episodes=eps, cameras=policy_cfg.cameras)  # noqa: E731
-        train_sets.append(make(episode_subset(split, config.data.fraction, config.data.subset_seed)))
+        H, T, cams = policy_cfg.history, policy_cfg.horizon, policy_cfg.cameras
+        subset = episode_subset(split, config.data.fraction, config.data.subset_seed)
+        train_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=subset, cameras=cams))
         if n_val:
-            val_sets.append(make(list(range(split, ds.num_episodes))))
+            val_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=list(range(split, ds.num_episodes)), cameras=cams))
     train_data = Mixture(train_sets, weights=config.data.weights or None, balance_by_size=config.data.balance_by_size)
     val_data = Mixture(val_sets) if val_sets else None
     instructions = ckpt.load_instructions(config.finetune.init_from) if init else InstructionCache()
@@ -181,7 +255,7 @@ def train(config: TrainConfig) -> Path:
     # ---- model, EMA, finetune variant ------------------------------------------------------------
     model = build_policy(policy_cfg, list(embodiments.values()), stats, instructions)
     if init:
-        pre = ckpt._load_tensors(Path(config.finetune.init_from) / "model.safetensors")
+        pre = ckpt.load_tensors(Path(config.finetune.init_from) / "model.safetensors")
         ckpt.transfer_weights(model, pre, [d["name"] for d in init["embodiments"]])
         variant = config.finetune.variant
         if variant == "head_only":
@@ -192,41 +266,56 @@ def train(config: TrainConfig) -> Path:
             from peft import LoraConfig, inject_adapter_in_model
 
             heads = set(model.head_parameter_names())
-            lora = LoraConfig(r=config.finetune.lora_rank, lora_alpha=config.finetune.lora_alpha, target_modules=["qkv", "kv", "proj", "fc1", "fc2"])
-            model = inject_adapter_in_model(lora, model)
+            lora = LoraConfig(
+                r=config.finetune.lora_rank,
+                lora_alpha=config.finetune.lora_alpha,
+                target_modules=["qkv", "kv", "proj", "fc1", "fc2"],
+            )
+            model = cast(ChunkPolicy, inject_adapter_in_model(lora, model))
             for n, p in model.named_parameters():
                 p.requires_grad_("lora_" in n or n in heads)
     model.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema: ChunkPolicy = copy.deepcopy(model).requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "token" not in n and "pos" not in n]
     no_decay = [p for p in trainable if all(p is not q for q in decay)]
     o = config.optim
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2)
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
     )
 
     # ---- resume ----------------------------------------------------------------------------------
     start = 0
-    if config.resume and (ckpt_dir / "trainer" / "state.json").is_file():
-        state = json.loads((ckpt_dir / "trainer" / "state.json").read_text())
+    if config.resume and ckpt.is_complete(ckpt_dir) and not (ckpt_dir / "trainer").is_dir():
+        raise LbmError(
+            f"{ckpt_dir} holds no trainer state (it was saved for inference only), so it cannot be resumed. "
+            "Finetune from it with --mode finetune --finetune.init-from, or train again without --resume."
+        )
+    if config.resume and not ckpt.is_complete(ckpt_dir) and main:
+        print(f"[lbm train] --resume: {ckpt_dir} holds no checkpoint yet; starting at step 0.")
+    if config.resume and ckpt.is_complete(ckpt_dir):
+        state = ckpt.read_trainer_state(ckpt_dir)
         saved = ckpt.read_checkpoint_config(ckpt_dir)
         saved_emb = {d["name"]: Embodiment.from_json(d) for d in saved["embodiments"]}
         for e in embodiments.values():
             ckpt.check_compatible(saved_emb, e, f"the checkpoint being resumed ({ckpt_dir})")
         if set(saved_emb) != set(embodiments):
-            raise LbmError(f"Resuming {ckpt_dir} (embodiments {sorted(saved_emb)}) with data of embodiments {sorted(embodiments)}; resume with the same --data.roots.")
-        ckpt.load_weights(model, ckpt._load_tensors(ckpt_dir / "trainer" / "model.safetensors"), "trainer/model.safetensors")
-        ckpt.load_weights(ema, ckpt._load_tensors(ckpt_dir / "trainer" / "ema.safetensors"), "trainer/ema.safetensors")
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt_dir / "trainer" / "optimizer.safetensors"), framework="pt") as f:
-            ckpt.optimizer_from_tensors(optimizer, {k: f.get_tensor(k) for k in f.keys()}, f.metadata())
-        if int(state.get("world_size", 1)) != world:
-            raise LbmError(f"{ckpt_dir} was trained by {state.get('world_size', 1)} process(es) and is resumed by {world}; resume with "
-                           f"the same number (each process's batch slice and noise stream are part of the schedule).")
+            raise LbmError(
+                f"Resuming {ckpt_dir} (embodiments {sorted(saved_emb)}) with data of embodiments {sorted(embodiments)}; "
+                "resume with the same --data.roots."
+            )
+        ckpt.load_weights(model, ckpt.load_tensors(ckpt_dir / "trainer" / "model.safetensors"), "trainer/model.safetensors")
+        ckpt.load_weights(ema, ckpt.load_tensors(ckpt_dir / "trainer" / "ema.safetensors"), "trainer/ema.safetensors")
+        ckpt.load_optimizer(optimizer, ckpt_dir)
+        if state.world_size != world:
+            raise LbmError(
+                f"{ckpt_dir} was trained by {state.world_size} process(es) and is resumed by {world}; resume with "
+                f"the same number (each process's batch slice and noise stream are part of the schedule)."
+            )
         ckpt.restore_rng(ckpt_dir, rank)
-        start = int(state["step"])
+        start = state.step
         if start >= config.steps:
             if main:
                 print(f"{ckpt_dir} is already at step {start} >= steps={config.steps}; nothing to do.")
@@ -240,8 +329,10 @@ def train(config: TrainConfig) -> Path:
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = torch.utils.data.DataLoader(
-        train_data,
-        batch_sampler=StepBatches(train_data.sample_weights(), config.batch_size // world, start, config.steps, config.seed, rank, world),
+        cast(torch.utils.data.Dataset[Any], train_data),  # a map-style dataset (__getitem__/__len__)
+        batch_sampler=StepBatches(
+            train_data.sample_weights(), config.batch_size // world, start, config.steps, config.seed, rank, world
+        ),
         collate_fn=collate_windows,
         num_workers=config.data.num_workers,
         # Its own generator: the loader must not draw from the global RNG that drives the noise,
@@ -265,7 +356,7 @@ def train(config: TrainConfig) -> Path:
     wandb_run = _start_wandb(config, out_dir) if main and config.wandb else None
 
     def log(step: int, scalars: dict[str, float]) -> None:
-        if not main:
+        if metrics_file is None:  # only rank 0 logs
             return
         metrics_file.write(json.dumps({"step": step, **scalars}) + "\n")
         metrics_file.flush()
@@ -297,21 +388,33 @@ def train(config: TrainConfig) -> Path:
         if world > 1:
             import torch.distributed as dist
 
-            rank_rng = [None] * world
-            dist.all_gather_object(rank_rng, ckpt.rng_state())
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, ckpt.rng_state())
+            rank_rng = [cast(dict[str, torch.Tensor], r) for r in gathered]
         if main:
-            ckpt.save_checkpoint(ckpt_dir, model=model, ema=ema, stats=stats, train_config=config, step=step,
-                                 optimizer=optimizer, extra_state={"world_size": world}, rank_rng=rank_rng)
+            ckpt.save_checkpoint(
+                ckpt_dir,
+                model=model,
+                ema=ema,
+                stats=stats,
+                train_config=config,
+                step=step,
+                optimizer=optimizer,
+                extra_state={"world_size": world},
+                rank_rng=rank_rng,
+            )
 
     # ---- the loop ------------------------------------------------------------------------------------
     from tqdm import tqdm
 
     params = sum(p.numel() for p in model.parameters())
     if main:
-        print(f"[lbm train] {config.name}: {policy_cfg.family} policy, {params / 1e6:.2f}M params "
-              f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trained), mode={config.mode}"
-              f"{'/' + config.finetune.variant if init else ''}, {len(train_data)} windows, "
-              f"{world} process(es), {'bf16' if use_bf16 else 'fp32'}, steps {start}->{config.steps}")
+        print(
+            f"[lbm train] {config.name}: {policy_cfg.family} policy, {params / 1e6:.2f}M params "
+            f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trained), mode={config.mode}"
+            f"{'/' + config.finetune.variant if init else ''}, {len(train_data)} windows, "
+            f"{world} process(es), {'bf16' if use_bf16 else 'fp32'}, steps {start}->{config.steps}"
+        )
     bar = tqdm(total=config.steps, initial=start, disable=not main, dynamic_ncols=True, desc="train")
     model.train()
     t0, seen, last_val, loss_value = time.perf_counter(), 0, None, float("nan")
@@ -333,7 +436,10 @@ def train(config: TrainConfig) -> Path:
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip if o.grad_clip > 0 else float("inf"))
         if not torch.isfinite(grad_norm):
             bar.close()
-            raise LbmError(f"Gradient norm became {float(grad_norm)} at step {step}; training stopped with the last good checkpoint intact. Lower --optim.lr.")
+            raise LbmError(
+                f"Gradient norm became {float(grad_norm)} at step {step}; training stopped with the last good "
+                "checkpoint intact. Lower --optim.lr."
+            )
         optimizer.step()
         d = min(o.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -344,8 +450,16 @@ def train(config: TrainConfig) -> Path:
         loss_value = metrics["loss"]
         if step % config.log_every == 0 or step == config.steps:
             rate = seen / (time.perf_counter() - t0)
-            log(step, {"train/loss": loss_value, "train/lr": lr_at(step - 1, config), "train/grad_norm": float(grad_norm),
-                       "train/samples_per_s": rate, **{f"train/{k}": v for k, v in metrics.items() if k != "loss"}})
+            log(
+                step,
+                {
+                    "train/loss": loss_value,
+                    "train/lr": lr_at(step - 1, config),
+                    "train/grad_norm": float(grad_norm),
+                    "train/samples_per_s": rate,
+                    **{f"train/{k}": v for k, v in metrics.items() if k != "loss"},
+                },
+            )
             bar.set_postfix(loss=f"{loss_value:.4f}", val=f"{last_val:.4f}" if last_val is not None else "-", sps=f"{rate:.0f}")
         if main and (config.val_every and step % config.val_every == 0 or step == config.steps):
             last_val = validate()
@@ -354,10 +468,16 @@ def train(config: TrainConfig) -> Path:
         if step % config.save_every == 0 or step == config.steps:
             save(step)
         bar.update(1)
-        if config.max_minutes and step < config.steps and _all_agree(time.perf_counter() - t0 > 60 * config.max_minutes, world, device):
+        if (
+            config.max_minutes
+            and step < config.steps
+            and _all_agree(time.perf_counter() - t0 > 60 * config.max_minutes, world, device)
+        ):
             save(step)
             if main:
-                print(f"[lbm train] time limit of {config.max_minutes} min reached at step {step}; saved. Continue with --resume.")
+                print(
+                    f"[lbm train] time limit of {config.max_minutes} min reached at step {step}; saved. Continue with --resume."
+                )
             break
     bar.close()
     if world > 1:
@@ -380,12 +500,19 @@ def train(config: TrainConfig) -> Path:
         from rich.table import Table
 
         table = Table(title=f"lbm train {config.name}", show_header=False)
-        for k, v in [("policy", f"{policy_cfg.family} ({params / 1e6:.2f}M params)"), ("steps", f"{start} -> {step}"),
-                     ("final train loss", f"{loss_value:.4f}"), ("final val loss (EMA)", "-" if last_val is None else f"{last_val:.4f}"),
-                     ("samples/s", f"{seen / max(elapsed, 1e-9):.0f}"), ("wall time", f"{elapsed:.1f} s"), ("checkpoint", str(ckpt_dir))]:
+        for k, v in [
+            ("policy", f"{policy_cfg.family} ({params / 1e6:.2f}M params)"),
+            ("steps", f"{start} -> {step}"),
+            ("final train loss", f"{loss_value:.4f}"),
+            ("final val loss (EMA)", "-" if last_val is None else f"{last_val:.4f}"),
+            ("samples/s", f"{seen / max(elapsed, 1e-9):.0f}"),
+            ("wall time", f"{elapsed:.1f} s"),
+            ("checkpoint", str(ckpt_dir)),
+        ]:
             table.add_row(k, v)
         Console().print(table)
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         if writer is not None:
             writer.close()
         if wandb_run is not None:

@@ -23,31 +23,70 @@ def _preset(name: str, family: str, size: str, **kw) -> TrainConfig:
 _PRESETS = [
     # Tests and smoke runs: a tiny model for a few hundred steps on whatever data is given.
     *(
-        _preset(f"tiny-{f}", f, "tiny", data=DataConfig(roots=("data/tiny",), val_episodes=1), steps=200,
-                batch_size=32, log_every=20, val_every=100, save_every=200, val_batches=2,
-                optim=OptimConfig(lr=1e-3, warmup_steps=20, ema_decay=0.99))
+        _preset(
+            f"tiny-{f}",
+            f,
+            "tiny",
+            data=DataConfig(roots=("data/tiny",), val_episodes=1),
+            steps=200,
+            batch_size=32,
+            log_every=20,
+            val_every=100,
+            save_every=200,
+            val_batches=2,
+            optim=OptimConfig(lr=1e-3, warmup_steps=20, ema_decay=0.99),
+        )
         for f in ("flow", "diffusion", "discrete")
     ),
     # Multitask pretraining on MT10 state data, sized for a 2-core CPU (~20 min).
     *(
-        _preset(f"mt10-{f}-small", f, "small", mode="pretrain", data=_MT10, steps=3000, batch_size=64,
-                optim=OptimConfig(lr=3e-4, warmup_steps=200))
+        _preset(
+            f"mt10-{f}-small",
+            f,
+            "small",
+            mode="pretrain",
+            data=_MT10,
+            steps=3000,
+            batch_size=64,
+            optim=OptimConfig(lr=3e-4, warmup_steps=200),
+        )
         for f in ("flow", "diffusion", "discrete")
     ),
     # MT10 with the corner camera at 96 px: GPU-sized.
-    _preset("mt10-flow-image-base", "flow", "base", data=_MT10, steps=30000, batch_size=128,
-            policy=policy_config("flow", "base", cameras=("corner",))),
+    _preset(
+        "mt10-flow-image-base",
+        "flow",
+        "base",
+        data=_MT10,
+        steps=30000,
+        batch_size=128,
+        policy=policy_config("flow", "base", cameras=("corner",)),
+    ),
     # Finetune a pretrained checkpoint on a new task's demos (set --finetune.init-from).
     *(
-        _preset(f"finetune-flow-small-{v.replace('_', '-')}", "flow", "small", mode="finetune",
-                data=DataConfig(roots=("data/new-task",), val_episodes=2), steps=1000, batch_size=64,
-                finetune=FinetuneConfig(init_from="runs/mt10-flow-small/checkpoint", variant=v),
-                optim=OptimConfig(lr=1e-4 if v == "full" else 3e-4, warmup_steps=50))
+        _preset(
+            f"finetune-flow-small-{v.replace('_', '-')}",
+            "flow",
+            "small",
+            mode="finetune",
+            data=DataConfig(roots=("data/new-task",), val_episodes=2),
+            steps=1000,
+            batch_size=64,
+            finetune=FinetuneConfig(init_from="runs/mt10-flow-small/checkpoint", variant=v),
+            optim=OptimConfig(lr=1e-4 if v == "full" else 3e-4, warmup_steps=50),
+        )
         for v in ("full", "head_only", "lora")
     ),
     # Single-task from-scratch baseline with the same data as a finetune (the LBM study's control).
-    _preset("scratch-flow-small", "flow", "small", mode="scratch", data=DataConfig(roots=("data/new-task",), val_episodes=2),
-            steps=1000, batch_size=64),
+    _preset(
+        "scratch-flow-small",
+        "flow",
+        "small",
+        mode="scratch",
+        data=DataConfig(roots=("data/new-task",), val_episodes=2),
+        steps=1000,
+        batch_size=64,
+    ),
 ]
 
 PRESETS: dict[str, TrainConfig] = {}

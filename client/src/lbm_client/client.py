@@ -1,6 +1,6 @@
 """The thin client: numpy + websockets + msgpack, no torch, safe to run on a robot's computer.
 
-    from lbm.serve import Client
+    from lbm_client import Client
     with Client("ws://127.0.0.1:8000") as client:
         print(client.metadata["action_horizon"], client.metadata["embodiments"])
         reply = client.infer({"state": state_f32, "prompt": "open the drawer"})
@@ -18,11 +18,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from lbm.errors import LbmError
-from lbm.serve.wire import packb, unpackb
+from lbm_client.wire import packb, unpackb
 
 
-class ServerError(LbmError):
+class ClientError(Exception):
+    """A connection or protocol problem, with a message that says what to do (no torch-side types here)."""
+
+
+class ServerError(ClientError):
     """The server refused a request (bad observation, unknown embodiment, ...); the text says why."""
 
 
@@ -37,7 +40,9 @@ def _http_url(url: str, path: str) -> str:
 
 def _check_url(url: str) -> str:
     if not url.startswith(("ws://", "wss://")):
-        raise LbmError(f"Server address {url!r} must start with ws:// (or wss:// behind a TLS proxy), e.g. ws://127.0.0.1:8000.")
+        raise ClientError(
+            f"Server address {url!r} must start with ws:// (or wss:// behind a TLS proxy), e.g. ws://127.0.0.1:8000."
+        )
     return url
 
 
@@ -55,7 +60,7 @@ class Client:
 
         # websockets >= 16 warns unless a directly used connection is declared as such.
         params = inspect.signature(connect).parameters
-        direct = {"legacy": True} if "legacy" in params else {}
+        direct: dict[str, Any] = {"legacy": True} if "legacy" in params else {}
         if "proxy" in params:  # robot-to-server traffic must not detour through an HTTP proxy from the env
             direct["proxy"] = None
         self.url = _check_url(url)
@@ -64,18 +69,29 @@ class Client:
         deadline = time.monotonic() + connect_timeout_s
         while True:
             try:
-                self._ws = connect(url, additional_headers=headers, compression=None, max_size=None,
-                                   open_timeout=max(0.1, deadline - time.monotonic()), **direct)
+                self._ws = connect(
+                    url,
+                    additional_headers=headers,
+                    compression=None,
+                    max_size=None,
+                    open_timeout=max(0.1, deadline - time.monotonic()),
+                    **direct,
+                )
                 break
             except (ConnectionRefusedError, TimeoutError, OSError) as error:
                 if time.monotonic() >= deadline:
-                    raise LbmError(f"Cannot connect to {url} ({error}). Is `lbm serve` running there, and is the address right?") from None
+                    raise ClientError(
+                        f"Cannot connect to {url} ({error}). Is `lbm serve` running there, and is the address right?"
+                    ) from None
                 time.sleep(0.1)
-            except Exception as error:  # e.g. InvalidStatus 401: wrong token
+            except Exception as error:  # noqa: BLE001 - e.g. InvalidStatus 401 (wrong token): every kind becomes a clear error
                 status = getattr(getattr(error, "response", None), "status_code", None)
                 if status == 401:
-                    raise LbmError(f"{url} refused the connection: missing or wrong token. Pass the server's token (Client(url, token=...), or LBM_SERVE_TOKEN for lbm eval).") from None
-                raise LbmError(f"Cannot open a websocket to {url}: {type(error).__name__}: {error}") from None
+                    raise ClientError(
+                        f"{url} refused the connection: missing or wrong token. Pass the server's token (Client(url, "
+                        "token=...), or LBM_SERVE_TOKEN for lbm eval)."
+                    ) from None
+                raise ClientError(f"Cannot open a websocket to {url}: {type(error).__name__}: {error}") from None
         self.metadata: dict[str, Any] = self._recv()
         """What the server sent on connect: policy, embodiments, action_horizon, limits."""
         self._max_bytes = self.metadata.get("max_message_bytes") if isinstance(self.metadata, dict) else None
@@ -85,7 +101,7 @@ class Client:
         """Send one observation without waiting for the reply (pair with :meth:`receive`)."""
         data = packb(obs)
         if self._max_bytes and len(data) > self._max_bytes:
-            raise LbmError(
+            raise ClientError(
                 f"This request is {len(data) / 2**20:.2f} MiB but the server accepts at most "
                 f"{self._max_bytes / 2**20:.2f} MiB (lbm serve --max-message-mb). Send smaller images or raise the limit."
             )
@@ -101,12 +117,17 @@ class Client:
         try:
             message = self._ws.recv(timeout=self.timeout_s)
         except TimeoutError:
-            raise LbmError(f"{self.url} sent no reply within {self.timeout_s:g} s. The server may be overloaded; raise timeout_s or check its log.") from None
+            raise ClientError(
+                f"{self.url} sent no reply within {self.timeout_s:g} s. The server may be overloaded; raise timeout_s "
+                "or check its log."
+            ) from None
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else None
             if code == 1009:
-                raise LbmError(f"{self.url} closed the connection: the request exceeded its size limit (lbm serve --max-message-mb).") from None
-            raise LbmError(f"{self.url} closed the connection ({closed}). Reconnect with a new Client.") from None
+                raise ClientError(
+                    f"{self.url} closed the connection: the request exceeded its size limit (lbm serve --max-message-mb)."
+                ) from None
+            raise ClientError(f"{self.url} closed the connection ({closed}). Reconnect with a new Client.") from None
         if isinstance(message, str):  # the protocol's error reply
             raise ServerError(f"{self.url} refused the request: {message.removeprefix('error: ')}")
         return unpackb(message)
@@ -116,11 +137,17 @@ class Client:
         self.send(obs)
         return self.receive()
 
-    def reset(self) -> None:
-        """Forget this connection's observation history on the server (call at episode start)."""
-        reply = self.infer({"reset": True})
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode on this connection: the server forgets its history (call at episode start).
+
+        ``seed`` fixes the episode's sampling noise on the server (a rerun then gets the same actions).
+        """
+        request: dict[str, Any] = {"reset": True}
+        if seed is not None:
+            request["seed"] = int(seed)
+        reply = self.infer(request)
         if reply != {"reset": True}:
-            raise LbmError(f"{self.url} did not acknowledge the reset (got {reply!r}); is it an lbm server?")
+            raise ClientError(f"{self.url} did not acknowledge the reset (got {reply!r}); is it an lbm server?")
 
     def close(self) -> None:
         """Close the connection (frees this client's slot on the server)."""
@@ -151,6 +178,8 @@ def fetch_metrics(url: str, token: str | None = None, timeout_s: float = 5.0) ->
         with opener.open(request, timeout=timeout_s) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        raise LbmError(f"{url} answered /metrics with HTTP {error.code}: {error.read().decode(errors='replace').strip()}") from None
+        raise ClientError(
+            f"{url} answered /metrics with HTTP {error.code}: {error.read().decode(errors='replace').strip()}"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
-        raise LbmError(f"Cannot reach {url}/metrics ({error}). Is the server running?") from None
+        raise ClientError(f"Cannot reach {url}/metrics ({error}). Is the server running?") from None

@@ -45,4 +45,6 @@ def fresh_checkpoint(path: str | Path, family: str = "flow", size: str = "tiny",
         for name, p in policy.named_parameters():
             if name.endswith("_w") and not torch.any(p):
                 p.normal_(0.0, 0.05)
-    return save_checkpoint(path, model=policy, ema=policy, stats=stats, train_config={"note": "fresh, untrained (lbm.serve.testing)"}, step=0)
+    return save_checkpoint(
+        path, model=policy, ema=policy, stats=stats, train_config={"note": "fresh, untrained (lbm.serve.testing)"}, step=0
+    )

@@ -71,7 +71,10 @@ def _decode(obj: dict) -> Any:
 
 def packb(obj: Any) -> bytes:
     """Encode ``obj`` (dicts, lists, str, numbers, numpy arrays and scalars) as msgpack-numpy bytes."""
-    return msgpack.packb(obj, default=_encode, use_bin_type=True)
+    data = msgpack.packb(obj, default=_encode, use_bin_type=True)
+    if data is None:  # only when packing into a stream, which this does not do
+        raise WireError("msgpack produced no bytes")
+    return data
 
 
 def unpackb(data: bytes) -> Any:

@@ -27,49 +27,47 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lbm.errors import LbmError
+from lbm_client.client import ClientError
 
 
-def _chunk_function(source: Any):
-    """``obs dict -> (T, A) actions`` for a Client (``infer``) or an in-process Policy (``predict_chunk``)."""
-    if hasattr(source, "infer"):
-        return lambda obs: np.asarray(source.infer(obs)["actions"], dtype=np.float32)
-    if hasattr(source, "predict_chunk"):
-        from lbm.schema import Observation
+@runtime_checkable
+class ChunkSource(Protocol):
+    """Where chunks come from: a :class:`lbm_client.Client`, or an in-process policy behind
+    ``lbm.serve.LocalSource``. ``infer`` returns ``{"actions": (T, action_dim)}``."""
 
-        def run(obs: dict) -> np.ndarray:
-            o = Observation(state=obs["state"], images=dict(obs.get("images", {})), instruction=obs.get("prompt", ""),
-                            embodiment=obs.get("embodiment", ""))
-            return np.asarray(source.predict_chunk([o])[0], dtype=np.float32)
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]: ...
 
-        return run
-    raise LbmError(f"ChunkBroker needs an lbm.serve.Client (with .infer) or a policy (with .predict_chunk), got {type(source).__name__}.")
+    def reset(self, seed: int | None = None) -> None: ...
 
 
 class ChunkBroker:
     """Turn chunk predictions into one action per control step, optionally prefetching (see module doc).
 
-    ``source``: an :class:`lbm.serve.Client` or an in-process policy. ``execute_steps``: actions run
+    ``source``: a :class:`ChunkSource` (a Client, or ``lbm.serve.LocalSource``). ``execute_steps``: actions run
     from each chunk. ``prefetch_at``: after this many of them, request the next chunk in the
     background (``1 <= prefetch_at < execute_steps``); ``None`` requests synchronously.
     """
 
-    def __init__(self, source: Any, execute_steps: int, prefetch_at: int | None = None):
+    def __init__(self, source: ChunkSource, execute_steps: int, prefetch_at: int | None = None):
         if execute_steps < 1:
-            raise LbmError(f"execute_steps must be >= 1 (got {execute_steps}).")
+            raise ClientError(f"execute_steps must be >= 1 (got {execute_steps}).")
         if prefetch_at is not None and not 1 <= prefetch_at < execute_steps:
-            raise LbmError(
+            raise ClientError(
                 f"prefetch_at must be between 1 and execute_steps - 1 = {execute_steps - 1} (got {prefetch_at}); use None "
                 "for synchronous requests."
             )
         self.source = source
         self.execute_steps = execute_steps
         self.prefetch_at = prefetch_at
-        self._fetch = _chunk_function(source)
+        if not isinstance(source, ChunkSource):
+            raise ClientError(
+                f"ChunkBroker needs a chunk source with infer() and reset() (an lbm_client.Client, or "
+                f"lbm.serve.LocalSource(policy) in process), got {type(source).__name__}."
+            )
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lbm-broker") if prefetch_at else None
         self._chunk: np.ndarray | None = None
         self._index = 0
@@ -85,7 +83,7 @@ class ChunkBroker:
 
     def _accept(self, chunk: np.ndarray, start: int) -> None:
         if chunk.ndim != 2 or chunk.shape[0] < start + self.execute_steps:
-            raise LbmError(
+            raise ClientError(
                 f"The policy returned a chunk of shape {chunk.shape}, but executing {self.execute_steps} actions after "
                 f"skipping {start} needs at least {start + self.execute_steps}. Lower execute_steps or raise prefetch_at."
             )
@@ -109,21 +107,27 @@ class ChunkBroker:
             self.stats["requests"] += 1
             self.stats["prefetched"] += 1
             self._pending = self._pool.submit(self._fetch, obs)
-        action = self._chunk[self._index]
+        chunk = self._chunk
+        if chunk is None:  # _accept ran above whenever no chunk was held
+            raise ClientError("no action chunk to execute; the source returned nothing")
+        action = chunk[self._index]
         self._index += 1
         self._executed += 1
         return action
 
-    def reset(self) -> None:
-        """Drop the current and any pending chunk and reset the source (call at episode start)."""
+    def _fetch(self, obs: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.source.infer(obs)["actions"], dtype=np.float32)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Drop the current and any pending chunk and start a new episode at the source (call at episode start)."""
         if self._pending is not None:
             try:
                 self._pending.result()  # a request in flight must finish before the reset is sent
-            except Exception:
+            except Exception:  # noqa: BLE001 - the failed request already surfaced in act(); reset must not raise it again
                 pass
             self._pending = None
         self._chunk = None
-        self.source.reset()
+        self.source.reset(seed)
 
     def close(self) -> None:
         """Stop the background thread (the source stays open)."""

@@ -1,0 +1,274 @@
+"""The study's answers from its records: per-task tests, data efficiency, robustness, zero-shot.
+
+Every figure is a function of ``records.parquet`` alone (recomputable with :func:`analyze`), and
+every statistic comes from :mod:`lbm.stats`: exact Boschloo tests with Holm control per task, CMH
+across tasks, stratified Newcombe (MOVER) intervals for mean differences and the robustness gap,
+and the stratified bootstrap only for the discrete "first fraction that reaches" quantity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import numpy as np
+import pandas as pd
+
+from lbm import stats
+from lbm.eval.records import cells
+from lbm.study.profiles import StudyConfig
+
+
+def arm_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> dict:
+    """{task: (successes, n)} of one arm (all its training seeds pooled) under one condition."""
+    sel = (df["arm"] == arm) & (df["shift"] == shift)
+    if fraction is not None:
+        sel &= (df["data_fraction"] - fraction).abs() < 1e-9
+    return {cast(tuple[str], k)[0]: v for k, v in cells(df[sel].assign(policy=arm), arm, by=("task",)).items()}
+
+
+def contrast(a: dict, b: dict, confidence: float = 0.95) -> dict:
+    """Mean over common tasks of rate_a - rate_b (stratified Newcombe interval) and the CMH test across tasks."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return dict(diff=float("nan"), lo=float("nan"), hi=float("nan"), p=float("nan"), tasks=0)
+    a, b = {t: a[t] for t in common}, {t: b[t] for t in common}
+    d = stats.mean_difference(a, b, confidence)
+    return dict(
+        diff=d.value,
+        lo=d.lo,
+        hi=d.hi,
+        p=stats.cmh_over_strata(a, b),
+        tasks=len(common),
+        rate_a=stats.stratified_mean(a).value,
+        rate_b=stats.stratified_mean(b).value,
+    )
+
+
+def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> dict:
+    """The study's answers from its records: per-task tests, data efficiency, robustness, zero-shot."""
+    rng = np.random.default_rng(config.subset_seed)
+    reps = config.bootstrap_reps
+    conditions = ["none", *config.shifts]
+    full = max(config.fractions)
+    fractions = sorted(config.fractions)
+    out: dict = dict(
+        trials_per_cell=trials,
+        mdd=mdd,
+        alpha=config.alpha,
+        conditions=conditions,
+        fractions=fractions,
+        tasks=sorted(df["task"].unique()),
+    )
+
+    # Per task and condition: finetuned@100% vs scratch@100% (and zero-shot vs scratch@100%),
+    # exact Boschloo tests with Holm control over the whole family of per-task tests.
+    rows = []
+    for shift in conditions:
+        ft, sc = arm_cells(df, "finetuned", full, shift), arm_cells(df, "scratch", full, shift)
+        zs = arm_cells(df, "pretrained", None, shift)
+        for task in sorted(sc):
+            for arm, arm_counts in (("finetuned", ft), ("pretrained", zs)):
+                if task not in arm_counts:
+                    continue
+                (s1, n1), (s2, n2) = arm_counts[task], sc[task]
+                lo, hi = stats.newcombe_interval(s1, n1, s2, n2)
+                rows.append(
+                    dict(
+                        task=task,
+                        shift=shift,
+                        arm=arm,
+                        s=s1,
+                        n=n1,
+                        s_scratch=s2,
+                        n_scratch=n2,
+                        diff=s1 / n1 - s2 / n2,
+                        lo=lo,
+                        hi=hi,
+                        p=stats.two_proportion_test(s1, n1, s2, n2),
+                    )
+                )
+    for r, q in zip(rows, stats.adjust_pvalues([r["p"] for r in rows], "holm")):
+        r["p_holm"] = float(q)
+        r["verdict"] = ("better" if r["diff"] > 0 else "worse") if q <= config.alpha else "no significant difference"
+    out["per_task"] = rows
+
+    # Aggregates across held-out tasks per condition (CMH across tasks; stratified Newcombe interval of the mean difference).
+    agg = {}
+    for shift in conditions:
+        sc = arm_cells(df, "scratch", full, shift)
+        agg[shift] = dict(
+            finetuned_vs_scratch=contrast(arm_cells(df, "finetuned", full, shift), sc),
+            zero_shot_vs_scratch=contrast(arm_cells(df, "pretrained", None, shift), sc),
+        )
+    out["aggregate"] = agg
+
+    # Data efficiency (nominal). Primary: the smallest fraction at which finetuned is non-inferior
+    # to scratch@100% (lower bound of the stratified Newcombe interval above -margin). Also:
+    # finetuned vs scratch with the same demos at every fraction, and the bootstrap distribution of
+    # the smallest fraction whose finetuned mean reaches scratch@100% (rollouts resampled in every cell).
+    sc_full = arm_cells(df, "scratch", full, "none")
+    per_fraction, draws = [], []
+    _, _, b_sc = stats.bootstrap_rates(sc_full, reps, rng)
+    for f in fractions:
+        ft_cells = arm_cells(df, "finetuned", f, "none")
+        if f == full:  # the headline contrast already computed above: one number, one interval
+            c = same = agg["none"]["finetuned_vs_scratch"]
+        else:
+            c = contrast(ft_cells, sc_full)
+            same = contrast(ft_cells, arm_cells(df, "scratch", f, "none"))
+        _, _, b_ft = stats.bootstrap_rates(ft_cells, reps, rng)
+        per_fraction.append(
+            dict(
+                fraction=f,
+                **c,
+                noninferior=bool(c["lo"] > -config.noninferiority_margin),
+                same_data={k: same[k] for k in ("diff", "lo", "hi", "p", "rate_b") if k in same},
+            )
+        )
+        draws.append(b_ft.mean(axis=1) >= b_sc.mean(axis=1))
+    reached = np.array(draws)  # (fractions, reps)
+    # When from-scratch at 100% never succeeds, "reaching" it is trivial: no multiplier is defined.
+    floor = all(s == 0 for s, _ in sc_full.values())
+    point = None if floor else next((f for f, r in zip(fractions, per_fraction) if r["diff"] >= 0), None)
+    noninferior = None if floor else next((r["fraction"] for r in per_fraction if r["noninferior"]), None)
+    first = np.where(reached.any(axis=0), np.argmax(reached, axis=0), -1)
+    boot_f = np.array([fractions[i] if i >= 0 else np.inf for i in first])
+    finite = boot_f[np.isfinite(boot_f)]
+    out["data_efficiency"] = dict(
+        per_fraction=per_fraction,
+        scratch_floor=floor,
+        margin=config.noninferiority_margin,
+        noninferior_fraction=noninferior,
+        noninferior_multiplier=(full / noninferior) if noninferior else None,
+        fraction=point,
+        multiplier=(full / point) if point else None,
+        # inverted_cdf returns resampled values themselves, so "not reached" (inf) stays inf, not NaN.
+        fraction_interval=[float(np.quantile(boot_f, q, method="inverted_cdf")) for q in (0.025, 0.975)],
+        p_reached=float(np.isfinite(boot_f).mean()),
+        bootstrap_fraction_distribution={str(f): float(np.mean(boot_f == f)) for f in fractions},
+        note="fraction = smallest data fraction at which finetuned mean success >= from-scratch at 100%; "
+        "interval = 2.5/97.5 percentiles of that fraction over the stratified bootstrap (inf = not reached)."
+        if finite.size
+        else "finetuned never reached from-scratch at 100% in the bootstrap.",
+    )
+
+    # Robustness: does the finetuned-minus-scratch advantage grow under shift? The change of the
+    # advantage is a linear combination of four stratified means: its interval is MOVER's.
+    nominal_ft = arm_cells(df, "finetuned", full, "none")
+    gaps = []
+    for shift in config.shifts:
+        ft, sc = arm_cells(df, "finetuned", full, shift), arm_cells(df, "scratch", full, shift)
+        common = stats.common_strata(ft, sc, nominal_ft, sc_full)
+        means = [stats.stratified_mean({k: c[k] for k in common}) for c in (ft, sc, nominal_ft, sc_full)]
+        gap = stats.mover(list(zip((1.0, -1.0, -1.0, 1.0), means)))
+        wins = {
+            c: sum(1 for r in rows if r["shift"] == c and r["arm"] == "finetuned" and r["verdict"] == "better")
+            for c in ("none", shift)
+        }
+        gaps.append(
+            dict(
+                shift=shift,
+                gap=gap.value,
+                lo=gap.lo,
+                hi=gap.hi,
+                advantage_nominal=means[2].value - means[3].value,
+                advantage_shift=means[0].value - means[1].value,
+                tasks_better_nominal=wins["none"],
+                tasks_better_shift=wins[shift],
+            )
+        )
+    out["robustness"] = gaps
+
+    # Between-seed variation (training randomness is not in the evaluation error bars).
+    if len(config.train_seeds) > 1:
+        g = df.groupby(["task", "shift", "arm", "data_fraction", "train_seed"])["success"].mean().reset_index()
+        spread = g.groupby(["task", "shift", "arm", "data_fraction"])["success"].agg(["mean", "std", "min", "max"])
+        out["between_seeds"] = spread.reset_index().to_dict(orient="records")
+    out["verdicts"], out["warnings"] = verdicts(out, config)
+    return out
+
+
+def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
+    """Plain sentences that state only what the tests and intervals support."""
+    v, w = [], []
+    n_tasks = len(a["tasks"])
+    for shift in a["conditions"]:
+        label = "nominal conditions" if shift == "none" else f"shift {shift}"
+        rows = [r for r in a["per_task"] if r["shift"] == shift and r["arm"] == "finetuned"]
+        better = sum(r["verdict"] == "better" for r in rows)
+        worse = sum(r["verdict"] == "worse" for r in rows)
+        agg = a["aggregate"][shift]["finetuned_vs_scratch"]
+        sig = agg["p"] <= config.alpha
+        v.append(
+            f"Under {label}, finetuned beats from-scratch (both with 100% of the task demos) on {better}/{len(rows)} "
+            f"held-out tasks, is worse on {worse}, and shows no significant difference on {len(rows) - better - worse} "
+            f"(exact Boschloo tests, Holm family-wise alpha {config.alpha:g}). Across tasks the mean difference is "
+            f"{agg['diff']:+.2f} [95% CI {agg['lo']:+.2f}, {agg['hi']:+.2f}], CMH p = {agg['p']:.3g}: "
+            + ("significant." if sig else "not significant.")
+        )
+        if not sig and not abs(agg["diff"]) >= a["mdd"]:  # also when no difference is detectable (mdd NaN)
+            mdd = f"{a['mdd']:.2f}" if math.isfinite(a["mdd"]) else "larger than any possible difference"
+            w.append(
+                f"Under {label} the observed difference ({agg['diff']:+.2f}) is smaller than the minimum detectable "
+                f"difference of one task cell ({mdd} at {a['trials_per_cell']} trials): no significant "
+                "difference is not evidence of no difference."
+            )
+    de = a["data_efficiency"]
+    if de["scratch_floor"]:
+        v.append(
+            "Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
+            "no data multiplier is reported (floor effect: train longer or pick easier tasks)."
+        )
+    else:
+        margin = f"margin {de['margin']:.2f}"
+        if de["noninferior_fraction"] is not None:
+            v.append(
+                f"Data efficiency: finetuned with {de['noninferior_fraction']:.0%} of the task demos is non-inferior to "
+                f"from-scratch with 100% ({margin}, 95% stratified Newcombe interval): a {de['noninferior_multiplier']:.1f}x "
+                "data multiplier."
+            )
+        else:
+            v.append(
+                f"Data efficiency: at no fraction tested is finetuned non-inferior to from-scratch with 100% of the "
+                f"demos ({margin}), so no data multiplier is supported."
+            )
+        lo, hi = de["fraction_interval"]
+        reach = (
+            f"Its mean success first reaches from-scratch-with-100% at {de['fraction']:.0%} (point estimate; "
+            f"bootstrap 95% range {lo:.0%} to {'not reached' if hi == float('inf') else f'{hi:.0%}'}, reached in "
+            f"{de['p_reached']:.0%} of resamples)."
+            if de["fraction"] is not None
+            else "Its mean success does not reach from-scratch-with-100% at any fraction (point estimate)."
+        )
+        same = "; ".join(
+            f"{r['fraction']:.0%}: {r['same_data']['diff']:+.2f} [{r['same_data']['lo']:+.2f}, "
+            f"{r['same_data']['hi']:+.2f}], CMH p = {r['same_data']['p']:.3g}"
+            for r in de["per_fraction"]
+        )
+        v.append(f"{reach} With the same demos, finetuned minus from-scratch: {same}.")
+    for g in a["robustness"]:
+        grows = g["lo"] > 0
+        shrinks = g["hi"] < 0
+        v.append(
+            f"Robustness ({g['shift']}): the finetuned advantage is {g['advantage_shift']:+.2f} under shift vs "
+            f"{g['advantage_nominal']:+.2f} nominal, a change of {g['gap']:+.2f} [95% CI {g['lo']:+.2f}, {g['hi']:+.2f}]: "
+            + (
+                "the advantage grows under shift."
+                if grows
+                else "the advantage shrinks under shift."
+                if shrinks
+                else "no significant change."
+            )
+            + f" Finetuned significantly better on {g['tasks_better_shift']}/{n_tasks} tasks under shift vs "
+            f"{g['tasks_better_nominal']}/{n_tasks} nominal."
+        )
+    zs = a["aggregate"]["none"]["zero_shot_vs_scratch"]
+    if zs["tasks"]:
+        sig = zs["p"] <= config.alpha
+        v.append(
+            f"Zero-shot: the pretrained policy without finetuning vs from-scratch-with-100%: {zs['diff']:+.2f} "
+            f"[95% CI {zs['lo']:+.2f}, {zs['hi']:+.2f}], CMH p = {zs['p']:.3g}: "
+            + (("better" if zs["diff"] > 0 else "worse") + "." if sig else "no significant difference.")
+        )
+    return v, w

@@ -1,0 +1,34 @@
+"""``lbm study PROFILE [--field value ...]``: the profiles are tyro subcommands of one StudyConfig."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import tyro
+
+from lbm.study.profiles import PROFILES
+
+StudyProfile = tyro.extras.subcommand_type_from_defaults(
+    PROFILES,
+    descriptions={
+        "quick": "the default of `make quickstart`: two held-out tasks, minutes on a 2-core CPU",
+        "standard": "all five ML45 held-out tasks and four data fractions: CPU hours",
+        "full": "camera observations and the base model: sized for a GPU machine",
+    },
+)
+
+
+def study(
+    config: Annotated[StudyProfile, tyro.conf.arg(name=""), tyro.conf.OmitSubcommandPrefixes] =  # type: ignore[valid-type]
+    PROFILES["quick"],
+) -> int:
+    """The careful LBM study end to end: demonstrations, pretraining, finetuning vs from-scratch at several data
+    fractions, blind paired evaluation under nominal and shifted conditions, statistics and report.
+
+    Pick a profile (default: quick) and override any field, e.g. `lbm study quick --trials 40`.
+    """
+    from lbm.study.pipeline import run_study
+
+    result = run_study(config)
+    print(f"\nreport: {result['report_html']}\nrecords: {result['records']}")
+    return 0

@@ -1,0 +1,390 @@
+"""The study's stages, each cached by a content hash of its settings: demos, training, evaluation.
+
+Every stage builds into ``cache/KIND-HASH.partial`` (which training and evaluation resume from) and
+is renamed to ``cache/KIND-HASH`` only when complete, so an interrupted study continues where it
+stopped, a changed setting recomputes only what depends on it, and a failed stage never leaves a
+complete-looking folder. This module composes lbm's pieces; it re-implements none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import lbm
+from lbm import stats
+from lbm.data import EpisodeDataset, generate_demos
+from lbm.data.normalize import near_constant_dims
+from lbm.errors import LbmError, did_you_mean
+from lbm.eval.manifest import settings_hash
+from lbm.eval.records import load_records
+from lbm.eval.runner import EvalConfig, run_evaluation
+from lbm.policies.config import PolicyConfig, policy_config
+from lbm.schema import ACTION, STATE
+from lbm.sim import resolve_tasks
+from lbm.study.profiles import StudyConfig
+from lbm.train import train
+from lbm.train.config import DataConfig, FinetuneConfig, OptimConfig, TrainConfig
+
+STUDY_FORMAT = 3  # 3: seeded policy noise per trial and the record schema with policy_seed
+"""Version of the study folder layout; a folder written by another format is refused."""
+DONE = "DONE"
+
+
+class StageCache:
+    """Content-addressed stage folders: ``cache/KIND-HASH`` appears only when the stage completed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "cache"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+        """Compute time of every stage, when it ran (read back from its DONE file when cached)."""
+
+    def stage(self, kind: str, settings: dict, build: Callable[[Path], None], label: str) -> Path:
+        """The folder of a stage with these settings, built by ``build(work_folder)`` unless cached."""
+        final = self.root / f"{kind}-{settings_hash({'kind': kind, 'format': STUDY_FORMAT, **settings})[:12]}"
+        if (final / DONE).exists():
+            log(f"[cached] {label}")
+            self.seconds[label] = float((final / DONE).read_text() or "nan")
+            return final
+        work = final.with_name(final.name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        log(f"[run] {label}")
+        start = time.perf_counter()
+        try:
+            build(work)
+        except LbmError as error:
+            raise LbmError(
+                f"Study stage '{label}' failed: {error} (its partial output is kept in {work} and is resumed "
+                "or rebuilt when you rerun the study)."
+            ) from error
+        except Exception as error:  # noqa: BLE001 - any failure of a stage is reported with where its output is
+            raise LbmError(
+                f"Study stage '{label}' failed with {type(error).__name__}: {error}. Its partial output is kept "
+                f"in {work}; rerun the study to retry (run with --debug for the traceback)."
+            ) from error
+        self.seconds[label] = round(time.perf_counter() - start, 1)
+        (work / DONE).write_text(f"{self.seconds[label]}\n")
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        return final
+
+
+def log(message: str) -> None:
+    """One progress line of the study on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_folder(root: Path) -> None:
+    """Refuse a study folder written by an incompatible version; stamp a new one."""
+    stamp = root / "study.json"
+    if stamp.exists():
+        try:
+            found = json.loads(stamp.read_text()).get("format")
+        except (json.JSONDecodeError, AttributeError, OSError):
+            found = None
+        if found != STUDY_FORMAT:
+            raise LbmError(
+                f"{root} holds a study of format {found!r}, but this lbm writes format {STUDY_FORMAT}; its cache "
+                "cannot be reused. Choose another --out folder or delete that one."
+            )
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"format": STUDY_FORMAT, "lbm_version": lbm.__version__}) + "\n")
+    except OSError as error:
+        raise LbmError(f"Cannot write the study folder {root} ({error.strerror or error}); choose a writable --out.") from None
+
+
+def pct(fraction: float) -> str:
+    """A data fraction as a name part: 0.25 -> ``25pct``."""
+    return f"{round(fraction * 100):d}pct"
+
+
+def plan_trials(config: StudyConfig) -> tuple[int, float]:
+    """Trials per cell (from the power planner unless fixed) and the minimum detectable difference."""
+    if config.trials > 0:
+        n = config.trials
+    else:
+        n = min(stats.samplesize_exact(config.target_p1, config.target_p2, config.alpha, config.power), config.max_trials)
+    mdd = stats.min_detectable_difference_exact(n, config.alpha, config.power, baseline=config.target_p1)
+    return n, mdd
+
+
+def validate(config: StudyConfig) -> tuple[list[str], list[str]]:
+    """Refuse a study that cannot run: ``(pretraining tasks, held-out tasks)``."""
+    pretrain = resolve_tasks(config.pretrain_tasks)
+    heldout = resolve_tasks(config.heldout_tasks)
+    overlap = sorted(set(pretrain) & set(heldout))
+    if overlap:
+        raise LbmError(
+            f"Held-out tasks must not be pretraining tasks, but {', '.join(overlap)} are both; the study would "
+            "measure memorization. Pick disjoint --pretrain-tasks and --heldout-tasks."
+        )
+    if not config.fractions or any(not 0 < f <= 1 for f in config.fractions):
+        raise LbmError(f"--fractions must be in (0, 1], got {config.fractions}.")
+    if 1.0 not in config.fractions:
+        raise LbmError("--fractions must include 1.0: every comparison is anchored on from-scratch with all the data.")
+    if config.finetune_variant not in ("full", "head_only", "lora"):
+        raise did_you_mean(config.finetune_variant, ("full", "head_only", "lora"), "finetune variant")
+    if not config.train_seeds:
+        raise LbmError("--train-seeds needs at least one seed.")
+    for name in (
+        "pretrain_episodes_per_task",
+        "heldout_episodes_per_task",
+        "pretrain_steps",
+        "task_steps",
+        "batch_size",
+        "max_trials",
+        "eval_workers",
+        "demo_workers",
+        "bootstrap_reps",
+        "execute_steps",
+    ):
+        if getattr(config, name) < 1:
+            raise LbmError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)}).")
+    return pretrain, heldout
+
+
+def constant_marks(dataset: Path, policy: PolicyConfig) -> tuple[str, ...]:
+    """``constant_dims`` entries for the dimensions of a dataset that are constant up to float noise.
+
+    Such dimensions (e.g. the orientation of an object that never turns: spread ~1e-7) cannot be
+    normalized, and the normalizer refuses them unless they are marked. The study marks them
+    explicitly, logs them, and records them in the stage settings and the checkpoint's config.
+    """
+    ds = EpisodeDataset(dataset)
+    marks = []
+    for feature, mode in ((STATE, policy.state_norm), (ACTION, policy.action_norm)):
+        dims = near_constant_dims(ds.stats[feature], mode)
+        if dims:
+            marks.append(f"{ds.embodiment.name}/{feature}:{','.join(map(str, dims))}")
+    return tuple(marks)
+
+
+def run_study(config: StudyConfig) -> dict[str, Any]:
+    """Run (or resume) a study; return the paths it wrote and its analysis."""
+    from lbm.study.analysis import analyze
+    from lbm.study.report import print_verdicts, write_study_report
+
+    start = time.perf_counter()
+    pretrain_tasks, heldout_tasks = validate(config)
+    root = Path(config.out or f"studies/{config.name}")
+    check_folder(root)
+    cache = StageCache(root)
+    trials, mdd = plan_trials(config)
+    detectable = (
+        f"minimum detectable difference {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a success "
+        f"rate of {config.target_p1:.2f})"
+        if math.isfinite(mdd)
+        else f"no difference is detectable with power {config.power} at this n"
+    )
+    log(
+        f"study {config.name}: {len(pretrain_tasks)} pretraining tasks, held out: {', '.join(heldout_tasks)}; {trials} "
+        f"trials per policy, task and condition; {detectable}."
+    )
+    sizes = dict(cameras=list(config.cameras), image_size=config.image_size)
+
+    # 1. demonstrations
+    def demos(tasks: list[str], episodes: int) -> Callable[[Path], None]:
+        def build(work: Path) -> None:
+            generate_demos(
+                tasks,
+                episodes,
+                work / "dataset",
+                cameras=config.cameras,
+                image_size=config.image_size,
+                workers=config.demo_workers,
+                overwrite=True,
+            )
+
+        return build
+
+    pretrain_data = (
+        cache.stage(
+            "data",
+            dict(tasks=pretrain_tasks, episodes=config.pretrain_episodes_per_task, **sizes),
+            demos(pretrain_tasks, config.pretrain_episodes_per_task),
+            "demonstrations for pretraining",
+        )
+        / "dataset"
+    )
+    task_data = {
+        t: cache.stage(
+            "data",
+            dict(tasks=[t], episodes=config.heldout_episodes_per_task, **sizes),
+            demos([t], config.heldout_episodes_per_task),
+            f"demonstrations for {t}",
+        )
+        / "dataset"
+        for t in heldout_tasks
+    }
+
+    # 2. pretraining
+    policy = policy_config(config.family, config.size, cameras=config.cameras)
+    base = TrainConfig(
+        policy=policy,
+        batch_size=config.batch_size,
+        threads=config.threads,
+        tensorboard=False,
+        log_every=50,
+        val_every=0,
+        save_every=max(config.pretrain_steps // 4, 100),
+    )
+
+    def trainer(cfg: TrainConfig) -> Callable[[Path], None]:
+        def build(work: Path) -> None:
+            train(replace(cfg, out_dir=str(work), resume=True))  # resumes a partial stage; starts one from scratch
+
+        return build
+
+    def marked(cfg: TrainConfig, dataset: Path, label: str) -> TrainConfig:
+        marks = constant_marks(dataset, cfg.policy)
+        if marks:
+            log(f"[{label}] constant up to float noise, passed through unnormalized: {'; '.join(marks)}")
+        return replace(cfg, policy=replace(cfg.policy, constant_dims=marks))
+
+    pretrained = {}
+    for seed in config.train_seeds:
+        cfg = replace(
+            base,
+            name=f"pretrain-s{seed}",
+            mode="pretrain",
+            seed=seed,
+            steps=config.pretrain_steps,
+            data=DataConfig(roots=(str(pretrain_data),), val_episodes=1),
+            optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(200, config.pretrain_steps // 10)),
+        )
+        cfg = marked(cfg, pretrain_data, "pretraining data")
+        pretrained[seed] = cache.stage("train", train_settings(cfg), trainer(cfg), f"pretrain (seed {seed})") / "checkpoint"
+
+    # 3. finetuning and from-scratch runs on nested subsets of each held-out task's demos
+    checkpoints: dict[str, dict[str, dict]] = {t: {} for t in heldout_tasks}
+    for task in heldout_tasks:
+        for fraction in sorted(config.fractions):
+            for seed in config.train_seeds:
+                data = DataConfig(
+                    roots=(str(task_data[task]),), val_episodes=0, fraction=fraction, subset_seed=config.subset_seed
+                )
+                warmup = min(50, config.task_steps // 10)
+                arms = {
+                    "finetuned": replace(
+                        base,
+                        mode="finetune",
+                        data=data,
+                        finetune=FinetuneConfig(init_from=str(pretrained[seed]), variant=config.finetune_variant),
+                        optim=OptimConfig(lr=config.finetune_lr, warmup_steps=warmup),
+                    ),
+                    "scratch": marked(
+                        replace(base, mode="scratch", data=data, optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=warmup)),
+                        task_data[task],
+                        task,
+                    ),
+                }
+                for arm, cfg in arms.items():
+                    name = policy_name(arm, fraction, seed, len(config.train_seeds))
+                    cfg = replace(cfg, name=f"{task}-{name}", seed=seed, steps=config.task_steps)
+                    path = (
+                        cache.stage("train", train_settings(cfg), trainer(cfg), f"{arm} {task} {pct(fraction)} (seed {seed})")
+                        / "checkpoint"
+                    )
+                    checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed)
+        if config.zero_shot:
+            for seed in config.train_seeds:
+                name = "pretrained" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
+                checkpoints[task][name] = dict(path=pretrained[seed], arm="pretrained", data_fraction=0.0, train_seed=seed)
+
+    # 4. blind, paired evaluation per held-out task (each task has its own finetuned policies)
+    frames = []
+    conditions = ",".join(("none", *config.shifts))
+    for task in heldout_tasks:
+        specs = tuple(f"{name}={info['path']}" for name, info in sorted(checkpoints[task].items()))
+        settings = dict(
+            task=task,
+            policies=list(specs),
+            shifts=conditions,
+            trials=trials,
+            max_steps=config.max_steps,
+            execute_steps=config.execute_steps,
+            **sizes,
+        )
+
+        def build(work: Path, task: str = task, specs: tuple[str, ...] = specs) -> None:
+            run_evaluation(
+                EvalConfig(
+                    policy=specs,
+                    tasks=task,
+                    shifts=conditions,
+                    trials=trials,
+                    out=work,
+                    workers=config.eval_workers,
+                    cameras=config.cameras,
+                    image_size=config.image_size,
+                    max_steps=config.max_steps or None,
+                    execute_steps=config.execute_steps,
+                )
+            )
+
+        folder = cache.stage("eval", settings, build, f"evaluation on {task}")
+        frames.append(annotated_records(folder, checkpoints[task]))
+
+    # 5. analysis and report
+    records = pd.concat(frames, ignore_index=True)
+    records_path = root / "records.parquet"
+    records.to_parquet(records_path, index=False)
+    analysis = analyze(records, config, trials=trials, mdd=mdd)
+    analysis["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation (stages may have been cached)
+    analysis["stage_seconds"] = cache.seconds  # when each stage ran: the study's compute time end to end
+    (root / "analysis.json").write_text(json.dumps(analysis, indent=2, default=json_default) + "\n")
+    html, md = write_study_report(root, records, analysis, config)
+    print_verdicts(analysis)
+    return dict(root=root, records=records_path, report_html=html, report_md=md, analysis=analysis)
+
+
+def policy_name(arm: str, fraction: float, seed: int, n_seeds: int) -> str:
+    """The name of one trained arm in the evaluation: ``finetuned-25pct`` (``-s1`` with several seeds)."""
+    return f"{arm}-{pct(fraction)}" + (f"-s{seed}" if n_seeds > 1 else "")
+
+
+def train_settings(cfg: TrainConfig) -> dict:
+    """What defines a training stage (its hash key): the config without operational knobs."""
+    settings = asdict(cfg)
+    for key in ("out_dir", "resume", "overwrite", "threads", "tensorboard", "log_every", "name"):
+        settings.pop(key, None)
+    settings["data"] = dict(settings["data"], num_workers=None)
+    return settings
+
+
+def annotated_records(folder: Path, policies: dict[str, dict]) -> pd.DataFrame:
+    """The un-blinded records of one evaluation, with the study's arm / fraction / seed columns."""
+    df = load_records(folder)
+    names = df["policy"].astype(str)
+    df["arm"] = [policies[p]["arm"] for p in names]
+    df["data_fraction"] = [policies[p]["data_fraction"] for p in names]
+    df["train_seed"] = [policies[p]["train_seed"] for p in names]
+    df["eval_folder"] = str(folder)
+    return df
+
+
+def json_default(x: Any) -> Any:
+    """JSON encoding of numpy scalars and arrays, NaN as null, paths as text."""
+    import numpy as np
+
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return None if math.isnan(x) else float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)

@@ -1,0 +1,132 @@
+"""Study settings: one frozen dataclass and the named profiles (`lbm study PROFILE --field value ...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One study: which tasks, how much data, which model, how it is evaluated."""
+
+    name: str = "quick"
+    """Study name; the default output folder is studies/NAME."""
+    out: str = ""
+    """Output folder (default studies/NAME). Rerunning with the same folder resumes."""
+    pretrain_tasks: str = "ml45-train"
+    """Tasks of the pretraining mixture (a task set or comma-separated names)."""
+    heldout_tasks: str = "ml45-test"
+    """New tasks for finetuning and evaluation; must not overlap the pretraining tasks."""
+    pretrain_episodes_per_task: int = 20
+    """Scripted demonstrations per pretraining task."""
+    heldout_episodes_per_task: int = 20
+    """Scripted demonstrations per held-out task (100 % of the task data)."""
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    """Fractions of a held-out task's demos used for finetuning and from-scratch training (nested subsets)."""
+    subset_seed: int = 0
+    """Seed of the episode order from which the nested subsets are taken."""
+    family: str = "flow"
+    """Policy family for every arm (flow, diffusion, discrete)."""
+    size: str = "small"
+    """Model size preset for every arm (tiny, small, base)."""
+    cameras: tuple[str, ...] = ()
+    """Camera observations (empty: state only)."""
+    image_size: int = 96
+    """Rendered image size in pixels when cameras are used."""
+    pretrain_steps: int = 3000
+    """Optimizer steps of pretraining."""
+    task_steps: int = 600
+    """Optimizer steps of every finetuning and from-scratch run (the same budget for both arms)."""
+    batch_size: int = 64
+    """Batch size of every training run."""
+    pretrain_lr: float = 3e-4
+    """Peak learning rate of pretraining and from-scratch training."""
+    finetune_lr: float = 1e-4
+    """Peak learning rate of finetuning."""
+    finetune_variant: Literal["full", "head_only", "lora"] = "full"
+    """How to finetune: full, head_only or lora."""
+    train_seeds: tuple[int, ...] = (0,)
+    """Training seeds per arm; several seeds show between-seed variation separately."""
+    shifts: tuple[str, ...] = ("object_pose:medium", "obs_noise:medium")
+    """Distribution-shift conditions evaluated besides nominal ('+' composes shifts in one condition)."""
+    trials: int = 0
+    """Trials per policy, task and condition; 0 = chosen by the power planner (capped by max_trials)."""
+    target_p1: float = 0.5
+    """Planner: success rate of the weaker arm the study must be able to separate from ..."""
+    target_p2: float = 0.8
+    """Planner: ... this success rate of the stronger arm."""
+    alpha: float = 0.05
+    """Family-wise significance level."""
+    noninferiority_margin: float = 0.1
+    """Data efficiency: finetuned counts as matching from-scratch@100% when the 95% lower bound of
+    their difference in mean success is above minus this margin (a non-inferiority test)."""
+    power: float = 0.8
+    """Planner: power to detect target_p1 vs target_p2."""
+    max_trials: int = 50
+    """Upper bound on the planner's trials per cell (the compute budget)."""
+    eval_workers: int = 2
+    """Evaluation worker processes."""
+    max_steps: int = 0
+    """Step limit per evaluation trial (0 = the task's default)."""
+    execute_steps: int = 8
+    """Actions executed from each predicted chunk before the policy is asked again (receding horizon)."""
+    zero_shot: bool = True
+    """Also evaluate the pretrained policy without finetuning."""
+    demo_workers: int = 2
+    """Processes for demonstration generation."""
+    threads: int = 0
+    """torch CPU threads for training (0 = torch's default)."""
+    bootstrap_reps: int = 2000
+    """Bootstrap resamples for aggregate intervals."""
+
+
+PROFILES: dict[str, StudyConfig] = {
+    # The default of `make quickstart`: about 13 minutes on an idle 2-core CPU, data included.
+    "quick": StudyConfig(
+        name="quick",
+        pretrain_tasks="ml45-train",
+        heldout_tasks="door-unlock-v3,hand-insert-v3",
+        pretrain_episodes_per_task=12,
+        heldout_episodes_per_task=20,
+        fractions=(0.25, 1.0),
+        pretrain_steps=2500,
+        task_steps=400,
+        shifts=("object_pose:medium",),
+        trials=0,
+        max_trials=25,
+        target_p1=0.4,
+        target_p2=0.8,
+    ),
+    # All five held-out tasks and all fractions: CPU hours.
+    "standard": StudyConfig(
+        name="standard",
+        pretrain_episodes_per_task=50,
+        heldout_episodes_per_task=50,
+        pretrain_steps=20000,
+        task_steps=3000,
+        shifts=("object_pose:medium", "obs_noise:medium", "friction:high+mass:high"),
+        max_trials=100,
+        target_p1=0.5,
+        target_p2=0.7,
+    ),
+    # Camera observations and the base model: the same protocol, sized for a GPU machine.
+    "full": StudyConfig(
+        name="full",
+        pretrain_episodes_per_task=100,
+        heldout_episodes_per_task=100,
+        size="base",
+        cameras=("front",),
+        image_size=96,
+        pretrain_steps=100000,
+        task_steps=10000,
+        batch_size=128,
+        shifts=("object_pose:medium", "obs_noise:medium", "lighting:high", "camera_pose:medium", "color:high"),
+        train_seeds=(0, 1, 2),
+        max_trials=200,
+        target_p1=0.5,
+        target_p2=0.65,
+        eval_workers=8,
+        demo_workers=8,
+    ),
+}
