@@ -15,6 +15,8 @@ import sys
 import traceback
 import typing
 
+from lbm.errors import LbmError, did_you_mean
+
 # (words of the command) -> ("module:function", one-line summary)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tasks",): ("lbm.sim.commands:tasks", "List the simulation tasks, task sets, cameras and shifts."),
@@ -85,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help") or (stray in ("-h", "--help") and words):
             print(_usage(words))
             return 0
-        from lbm.errors import did_you_mean
 
         options = [w[len(words)] for w in COMMANDS if w[: len(words)] == words and len(w) > len(words)]
         where = f"lbm {' '.join(words)}: " if words else ""
@@ -97,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     target, summary = COMMANDS[words]
     module_name, function_name = target.split(":")
     rest = argv[len(words) :]
-    from lbm.errors import LbmError
 
     try:
         import tyro

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lbm.data.dataset import STATS_PATH, TASKS_PATH, VIDEO_PATH, EpisodeDataset
 from lbm.errors import LbmError
 from lbm.schema import ACTION, EPISODE_INDEX, FRAME_INDEX, INDEX, STATE, TASK_INDEX, TIMESTAMP, image_key
 
@@ -78,7 +79,6 @@ def _fmt_dims(dims) -> str:
 
 def audit_dataset(root: str | Path) -> AuditReport:
     """Run every check on the dataset at ``root``; never raises for a defective dataset."""
-    from lbm.data.dataset import STATS_PATH, TASKS_PATH, VIDEO_PATH, EpisodeDataset
 
     root = Path(root)
     rep = AuditReport(root)
@@ -260,8 +260,6 @@ def audit_dataset(root: str | Path) -> AuditReport:
 def _check_video(rep: AuditReport, ds, key: str, info: dict) -> None:
     import av
     from av.error import FFmpegError
-
-    from lbm.data.dataset import VIDEO_PATH
 
     eps = ds.episode_table
     template = info.get("video_path") or VIDEO_PATH

@@ -1,4 +1,8 @@
-"""``lbm data ...`` commands: generate, info, audit. Thin wrappers over :mod:`lbm.data`."""
+"""``lbm data ...`` commands: generate, info, audit. Thin wrappers over :mod:`lbm.data`.
+
+The CLI imports every command module to build its help, so each command imports its heavy
+modules (MuJoCo, Arrow, rich) when it runs: ``lbm --help`` stays instant.
+"""
 
 from __future__ import annotations
 

@@ -86,6 +86,7 @@ _ENV_CACHE: dict[tuple, Any] = {}  # per worker process: the env of the task it 
 
 
 def _env_for(unit: _Unit):
+    # lbm.sim (MuJoCo) is imported where an env is built, so that `import lbm.data` stays light.
     from lbm.sim import make_env
 
     key = (unit.task, unit.cameras, unit.image_size, unit.max_steps)

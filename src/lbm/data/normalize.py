@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lbm.errors import LbmError
+from lbm.schema import ACTION, STATE
 
 MODES = ("mean_std", "min_max", "quantile")
 """Normalization modes: ``(x-mean)/std``; ``[min,max] -> [-1,1]``; ``[q01,q99] -> [-1,1]``."""
@@ -213,7 +214,6 @@ def compute_dataset_stats(dataset: Any, *, keys: Sequence[str] | None = None) ->
     Returns ``{feature key: FeatureStats}`` for ``observation.state`` and ``action`` (or ``keys``).
     Image stats are not computed: policies here normalize images by the fixed 1/255 scale.
     """
-    from lbm.schema import ACTION, STATE
 
     keys = tuple(keys) if keys is not None else (STATE, ACTION)
     accs = {k: StatsAccumulator() for k in keys}

@@ -13,16 +13,18 @@ from typing import Annotated, Literal
 
 import tyro
 
+from lbm import stats
 from lbm.errors import LbmError
-from lbm.eval.runner import EvalConfig
+from lbm.eval.compare import compare_records, render
+from lbm.eval.records import load_records
+from lbm.eval.report import write_report
+from lbm.eval.runner import EvalConfig, hooks, run_evaluation
 
 
 def evaluate(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
     """Blind, paired, randomized closed-loop evaluation of policies on simulation tasks (see EvalConfig)."""
     from rich.console import Console
     from rich.table import Table
-
-    from lbm.eval.runner import hooks, run_evaluation
 
     if not config.policy:
         raise LbmError(
@@ -101,9 +103,6 @@ def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]) -> int:
     """Compare policies from rollout records (see CompareConfig)."""
     import json
 
-    from lbm.eval.compare import compare_records, render
-    from lbm.eval.records import load_records
-
     c = config
     df = load_records(c.records, require_pairing=not c.allow_unpaired)
     result = compare_records(
@@ -173,8 +172,6 @@ def plan(config: Annotated[PlanConfig, tyro.conf.arg(name="")]) -> int:
     """Power planner (see PlanConfig)."""
     from rich.console import Console
     from rich.table import Table
-
-    from lbm import stats
 
     c = config
     if c.comparisons < 1:
@@ -257,8 +254,6 @@ class ReportConfig:
 
 def report(config: Annotated[ReportConfig, tyro.conf.arg(name="")]) -> int:
     """Write the evaluation report (see ReportConfig)."""
-    from lbm.eval.records import load_records
-    from lbm.eval.report import write_report
 
     c = config
     df = load_records(c.dir, require_pairing=not c.allow_unpaired)

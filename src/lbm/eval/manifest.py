@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+import lbm
 from lbm.errors import LbmError
-from lbm.eval.records import BLINDING_FILE
 
 MANIFEST_FILE = "manifest.json"
+BLINDING_FILE = "blinding.json"
 
 
 class BlindEntry(BaseModel):
@@ -111,7 +112,6 @@ def read_blinding(out_dir: Path) -> dict[str, BlindEntry]:
 
 def new_manifest(settings: dict, digest: str, policy_ids: list[str], blinding_sha: str, n_items: int) -> Manifest:
     """The manifest of an evaluation that is about to start."""
-    import lbm
 
     return Manifest(
         about="lbm eval: settings of this evaluation. Policies appear only as blind ids; see blinding.json.",

@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from lbm.errors import LbmError
+from lbm.eval.manifest import BLINDING_FILE, read_blinding
 
 JOURNAL_FILE = "records.journal.jsonl"
 PARQUET_FILE = "records.parquet"
 JSONL_FILE = "records.jsonl"
-BLINDING_FILE = "blinding.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,8 +432,6 @@ def unblind(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     Returns a copy where ``policy`` holds the policy *name* and ``policy_id`` the blind id. A table
     that is already un-blinded (has ``policy_id``) is returned unchanged.
     """
-    from lbm.eval.manifest import read_blinding
-
     if "policy_id" in df.columns:
         return df
     mapping = read_blinding(Path(folder))

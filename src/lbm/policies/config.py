@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lbm.errors import LbmError, did_you_mean
+from lbm.schema import ACTION, STATE
 
 Family = Literal["flow", "diffusion", "discrete"]
 
@@ -155,7 +156,6 @@ ALL_EMBODIMENTS = "*"
 
 def constant_dims_by_embodiment(entries: tuple[str, ...]) -> dict[str, dict[str, tuple[int, ...]]]:
     """Parse :attr:`PolicyConfig.constant_dims`: ``{embodiment or '*': {feature: dims}}``, '*' merged into each."""
-    from lbm.schema import ACTION, STATE
 
     parsed: dict[str, dict[str, set[int]]] = {}
     for entry in entries:

@@ -12,6 +12,11 @@ from typing import Annotated, Literal
 
 import tyro
 
+from lbm.errors import LbmError
+from lbm.safety.guard import GuardConfig, InstructionGuard, evaluate_guard, load_redteam
+from lbm.safety.monitor import train_monitor as train
+from lbm.sim import resolve_tasks
+
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -29,8 +34,6 @@ class CheckConfig:
 def check(config: Annotated[CheckConfig, tyro.conf.arg(name="")]) -> int:
     """Run the instruction guard on one instruction (see CheckConfig)."""
     instruction, tasks = config.instruction, config.tasks
-    from lbm.safety.guard import GuardConfig, InstructionGuard
-    from lbm.sim import resolve_tasks
 
     allowed = tuple(resolve_tasks(tasks)) if tasks else ()
     decision = InstructionGuard(GuardConfig(allowed_tasks=allowed)).check(instruction)
@@ -57,8 +60,6 @@ def redteam(config: Annotated[RedteamConfig, tyro.conf.arg(name="")]) -> int:
     redteam_file, seed = config.redteam_file, config.seed
     from rich.console import Console
     from rich.table import Table
-
-    from lbm.safety.guard import InstructionGuard, evaluate_guard, load_redteam
 
     rows = load_redteam(redteam_file)
     result = evaluate_guard(InstructionGuard(), rows, seed=seed)
@@ -111,8 +112,6 @@ class TrainMonitorConfig:
 
 def train_monitor(config: Annotated[TrainMonitorConfig, tyro.conf.arg(name="")]) -> int:
     """Train and calibrate a failure monitor (see TrainMonitorConfig)."""
-    from lbm.errors import LbmError
-    from lbm.safety.monitor import train_monitor as train
 
     c = config
     if not 0 < c.alpha < 1 or not 0 < c.calibration_fraction < 1:

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
+from lbm.policies.language import InstructionCache
+from lbm.sim import registry
 from lbm.stats import proportion_interval
 
 REDTEAM_FILE = Path(__file__).with_name("redteam.json")
@@ -114,7 +116,6 @@ class GuardDecision:
 
 @lru_cache(maxsize=1)
 def _skill_sentences() -> tuple[tuple[str, str], ...]:
-    from lbm.sim import registry
 
     return tuple((name, s) for name in registry.resolve_tasks("mt50") for s in registry.get_task(name).instructions)
 
@@ -123,7 +124,6 @@ class InstructionGuard:
     """Checks instructions before they reach a policy. ``check(text) -> GuardDecision``."""
 
     def __init__(self, config: GuardConfig | None = None, cache=None) -> None:
-        from lbm.policies.language import InstructionCache
 
         self.config = config or GuardConfig()
         sentences = _skill_sentences()

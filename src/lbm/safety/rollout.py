@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from lbm.eval.records import PARQUET_FILE, load_records
 from lbm.eval.runner.config import EvalConfig
 from lbm.eval.schedule import TrialItem
 from lbm.policies.base import ChunkRequest
 from lbm.safety.monitor import action_var_path, features_path, load_monitor
+from lbm.safety.report import print_safety_table, safety_table
 from lbm.safety.shield import ActionShield, default_shield_config
 from lbm.schema import Embodiment
 
@@ -142,8 +144,6 @@ class SafetyHooks:
         """With --shield, print interventions and violations per 1000 steps by blind policy id."""
         if not config.shield:
             return
-        from lbm.eval.records import PARQUET_FILE, load_records
-        from lbm.safety.report import print_safety_table, safety_table
 
         blind = load_records(Path(out) / PARQUET_FILE, blind=True, require_pairing=False)
         print_safety_table(safety_table(blind), "safety by blind policy id (shield on)")

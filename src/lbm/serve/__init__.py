@@ -11,11 +11,10 @@ The client side is the separate ``lbm-client`` distribution (numpy, msgpack and 
 no torch), re-exported here for convenience.
 """
 
-from lbm_client import ChunkBroker, Client, ClientError, ServerError, WireError, fetch_metrics, health, packb, unpackb
-
 from lbm.serve.local import LocalSource
 from lbm.serve.remote import RemotePolicy
 from lbm.serve.server import PolicyServer, ServerConfig
+from lbm_client import ChunkBroker, Client, ClientError, ServerError, WireError, fetch_metrics, health, packb, unpackb
 
 __all__ = [
     "ChunkBroker",

@@ -11,7 +11,9 @@ from typing import Annotated
 import tyro
 
 from lbm.errors import LbmError
-from lbm.serve.server import ServerConfig
+from lbm.serve.server import PolicyServer, ServerConfig, validate_config
+from lbm.train import load_policy
+from lbm.train.checkpoint import read_checkpoint_config
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,6 @@ def serve(config: Annotated[ServeConfig, tyro.conf.arg(name="")]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from lbm.serve.server import PolicyServer, validate_config
-
     try:
         import websockets  # noqa: F401 - checked before the model is loaded
     except ImportError:
@@ -81,9 +81,6 @@ def serve(config: Annotated[ServeConfig, tyro.conf.arg(name="")]) -> int:
     server_config = config.server_config()
     validate_config(server_config)  # refuse an exposed bind before spending seconds loading the model
     import torch  # the model: only after the settings are known to be usable
-
-    from lbm.train import load_policy
-    from lbm.train.checkpoint import read_checkpoint_config
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)

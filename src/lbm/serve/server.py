@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+import lbm
 from lbm.errors import LbmError, did_you_mean
 from lbm.policies.base import Policy, PolicyState, PrivilegedPolicy
 from lbm.schema import Embodiment, Observation
@@ -288,7 +289,6 @@ class PolicyServer:
 
     # ---- description ----
     def _metadata(self, extra: dict) -> dict[str, Any]:
-        import lbm
 
         single = next(iter(self.embodiments.values())) if len(self.embodiments) == 1 else None
         return {

@@ -8,6 +8,8 @@ from typing import Annotated
 import tyro
 
 from lbm.errors import LbmError
+from lbm.sim import LEVELS, METAWORLD_EMBODIMENT, SHIFTS, TASK_SETS, get_task, resolve_tasks
+from lbm.sim.env import FREE_CAMERAS
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,6 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
     show_instructions = config.show_instructions
     from rich.console import Console
     from rich.table import Table
-
-    from lbm.sim import LEVELS, METAWORLD_EMBODIMENT, SHIFTS, TASK_SETS, get_task, resolve_tasks
-    from lbm.sim.env import FREE_CAMERAS
 
     names = resolve_tasks(set)
     if not names:  # pragma: no cover - resolve_tasks raises on empty input

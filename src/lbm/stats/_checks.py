@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lbm.errors import InputError
+from lbm.errors import InputError, did_you_mean
 
 
 def counts(successes: ArrayLike, n: ArrayLike, what: str = "counts") -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -71,8 +71,6 @@ def probability(value: float, name: str) -> float:
 def choice(value: str, options: tuple[str, ...], what: str) -> str:
     """``value`` if it is one of ``options``, else a did-you-mean error."""
     if value not in options:
-        from lbm.errors import did_you_mean
-
         error = did_you_mean(str(value), options, what)
         raise InputError(str(error))
     return value

@@ -14,6 +14,7 @@ import numpy as np
 
 from lbm.errors import InputError
 from lbm.stats import _checks, _exact
+from lbm.stats.sequential import sequential_design
 
 POWER_TESTS = ("boschloo", "barnard")
 DIRECTIONS = ("increase", "decrease", "either")
@@ -34,7 +35,6 @@ def barnard_rejection_threshold(n: int, alpha: float = 0.05, grid: int = 201) ->
     Tables with |z_pooled| >= threshold are rejected; the worst-case type-I error over the null
     grid is <= alpha (Barnard 1945; Suissa & Shuster 1985). Computed by exact enumeration.
     """
-    from lbm.stats.sequential import sequential_design
 
     return sequential_design(n, looks=1, alpha=alpha, grid=grid).thresholds[0]
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import tyro
 
+from lbm.study.pipeline import run_study
 from lbm.study.profiles import PROFILES
 
 StudyProfile = tyro.extras.subcommand_type_from_defaults(
@@ -27,7 +28,6 @@ def study(
 
     Pick a profile (default: quick) and override any field, e.g. `lbm study quick --trials 40`.
     """
-    from lbm.study.pipeline import run_study
 
     result = run_study(config)
     print(f"\nreport: {result['report_html']}\nrecords: {result['records']}")

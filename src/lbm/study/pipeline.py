@@ -31,7 +31,9 @@ from lbm.eval.runner import EvalConfig, run_evaluation
 from lbm.policies.config import PolicyConfig, policy_config
 from lbm.schema import ACTION, STATE
 from lbm.sim import resolve_tasks
+from lbm.study.analysis import analyze
 from lbm.study.profiles import StudyConfig
+from lbm.study.report import print_verdicts, write_study_report
 from lbm.train import train
 from lbm.train.config import DataConfig, FinetuneConfig, OptimConfig, TrainConfig
 
@@ -175,9 +177,6 @@ def constant_marks(dataset: Path, policy: PolicyConfig) -> tuple[str, ...]:
 
 def run_study(config: StudyConfig) -> dict[str, Any]:
     """Run (or resume) a study; return the paths it wrote and its analysis."""
-    from lbm.study.analysis import analyze
-    from lbm.study.report import print_verdicts, write_study_report
-
     start = time.perf_counter()
     pretrain_tasks, heldout_tasks = validate(config)
     root = Path(config.out or f"studies/{config.name}")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import tyro
 
+from lbm.train.checkpoint import load_policy, load_stats_of, read_checkpoint_config
+from lbm.train.loop import train as run
 from lbm.train.presets import PRESETS
 
 TrainPreset = tyro.extras.subcommand_type_from_defaults(PRESETS)
@@ -19,7 +21,6 @@ def train(config: Annotated[TrainPreset, tyro.conf.arg(name=""), tyro.conf.OmitS
     Example: lbm train mt10-flow-small --data.roots data/mt10 --steps 3000. Under
     `torchrun --nproc-per-node N -m lbm.cli train ...` it trains data-parallel.
     """
-    from lbm.train.loop import train as run
 
     run(config)
     return 0
@@ -41,8 +42,6 @@ def policy_info(config: Annotated[PolicyInfoConfig, tyro.conf.arg(name="")]) -> 
     """Print what a checkpoint folder contains (see PolicyInfoConfig)."""
     from rich.console import Console
     from rich.table import Table
-
-    from lbm.train.checkpoint import load_policy, load_stats_of, read_checkpoint_config
 
     checkpoint = config.checkpoint
     policy = load_policy(checkpoint)  # checks the weights against the architecture

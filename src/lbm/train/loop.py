@@ -19,6 +19,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from lbm.data.dataset import EpisodeDataset
+from lbm.data.mixture import Mixture
+from lbm.data.windows import WindowDataset, collate_windows
 from lbm.errors import LbmError
 from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json
 from lbm.schema import Embodiment
@@ -165,9 +168,6 @@ def validate_config(config: TrainConfig, world: int = 1) -> None:
 
 def train(config: TrainConfig) -> Path:
     """Train a policy as ``config`` says; returns the checkpoint folder (OUT_DIR/checkpoint)."""
-    from lbm.data.dataset import EpisodeDataset
-    from lbm.data.mixture import Mixture
-    from lbm.data.windows import WindowDataset, collate_windows
 
     # ---- processes, devices, seeds -------------------------------------------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -133,7 +133,7 @@ def _open_folder(
             )
         if not manifest_mod.audit_blinding(out)["ok"]:
             raise LbmError(
-                f"{out / rec_mod.BLINDING_FILE} changed after the evaluation started (SHA-256 differs from "
+                f"{out / manifest_mod.BLINDING_FILE} changed after the evaluation started (SHA-256 differs from "
                 "manifest.json), so the blinding can no longer be audited. Restore the original file or start a "
                 "new --out folder."
             )
