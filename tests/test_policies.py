@@ -282,3 +282,84 @@ def test_continuous_sampler_matches_head(family, data, cache):
             torch.testing.assert_close(fast_h, ref_h, atol=1e-5, rtol=0)
             assert ref.abs().max() > 0.1
     assert e.action_dim <= policy.A
+
+
+def _random_stats(e, rng, spreads=None):
+    from lbm.data.normalize import FeatureStats
+    from lbm.schema import ACTION, STATE
+
+    def one(d, spread):
+        mean = rng.normal(size=d)
+        half = rng.uniform(0.5, 3.0, size=d) if spread is None else np.full(d, spread)
+        return FeatureStats(
+            mean=mean, std=half, min=mean - 2 * half, max=mean + 2 * half, q01=mean - half, q99=mean + half, count=50
+        )
+
+    spreads = spreads or {}
+    return {e.name: {STATE: one(e.state_dim, spreads.get(STATE)), ACTION: one(e.action_dim, spreads.get(ACTION))}}
+
+
+@pytest.mark.parametrize("family", sorted(POLICIES))
+def test_policies_normalize_with_the_one_normalizer(family, data, cache):
+    """Every family normalizes exactly as lbm.data.Normalizer does, in every mode."""
+    from lbm.data import Normalizer
+    from lbm.schema import ACTION, STATE
+
+    e = data.embodiment
+    stats = _random_stats(e, np.random.default_rng(3))
+    for state_norm, action_norm in (("mean_std", "min_max"), ("quantile", "quantile"), ("min_max", "mean_std")):
+        cfg = policy_config(family, "tiny", state_norm=state_norm, action_norm=action_norm)
+        policy = build_policy(cfg, [e], stats, cache)
+        reference = Normalizer(stats[e.name], {STATE: state_norm, ACTION: action_norm})
+        batch = _batch(data)
+        p = policy.prepare(batch)
+        want_state = reference.normalize(STATE, batch[STATE].double()).float()
+        want_action = reference.normalize(ACTION, batch[ACTION].double()).float()
+        torch.testing.assert_close(p["state"], want_state, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(p["action"], want_action, rtol=1e-5, atol=1e-5)
+        back = policy.unnormalize(p["action"], p["embodiment"])
+        torch.testing.assert_close(back, batch[ACTION].float(), rtol=1e-4, atol=1e-4)
+
+
+# (feature, how the stats of dimension 1 are broken, words the error must contain)
+DEGENERATE = [
+    ("observation.state", "narrow", "spread below"),
+    ("action", "narrow", "spread below"),
+    ("observation.state", "nan", "not finite"),
+    ("action", "inf", "not finite"),
+]
+
+
+@pytest.mark.parametrize(("feature", "damage", "words"), DEGENERATE)
+@pytest.mark.parametrize("family", sorted(POLICIES))
+def test_degenerate_stats_fail_at_build_time(family, feature, damage, words, data, cache):
+    import dataclasses
+
+    from lbm.data import DegenerateStatsError
+
+    e = data.embodiment
+    stats = _random_stats(e, np.random.default_rng(4))
+    s = stats[e.name][feature]
+    broken = {name: np.array(getattr(s, name), dtype=np.float64) for name in ("mean", "std", "min", "max", "q01", "q99")}
+    if damage == "narrow":  # constant up to float noise: not exactly constant, so not passed through
+        for name in broken:
+            broken[name][1] = 0.25 + (1e-9 if name in ("std", "max", "q99") else 0.0)
+        broken["std"][1] = 1e-9
+    else:
+        for name in broken:
+            broken[name][1] = np.nan if damage == "nan" else np.inf
+    stats[e.name][feature] = dataclasses.replace(s, **broken)
+    cfg = policy_config(family, "tiny", state_norm="mean_std", action_norm="min_max")
+    with pytest.raises(DegenerateStatsError) as info:
+        build_policy(cfg, [e], stats, cache)
+    message = str(info.value)
+    assert words in message and repr(feature) in message and repr(e.name) in message and "dimension(s) 1" in message
+    assert info.value.feature == feature and info.value.dims == (1,)
+    if damage == "narrow":  # the fix the error names works: the marked dimension passes through
+        assert f"--policy.constant-dims {e.name}/{feature}:1" in message
+        marked = policy_config(
+            family, "tiny", state_norm="mean_std", action_norm="min_max", constant_dims=(f"{e.name}/{feature}:1",)
+        )
+        policy = build_policy(marked, [e], stats, cache)
+        prefix = "state" if feature == "observation.state" else "action"
+        assert float(getattr(policy, f"{prefix}_scale")[0, 1]) == 1.0 and float(getattr(policy, f"{prefix}_shift")[0, 1]) == 0.0

@@ -34,21 +34,20 @@ def workdir(tmp_path_factory):
 
 def _cfg(workdir, family="flow", steps=30, name="run", **kw):
     base = get_preset(f"tiny-{family}")
-    return dataclasses.replace(
-        base,
-        name=name,
-        out_dir=str(workdir / name),
-        steps=steps,
-        batch_size=8,
-        precision="fp32",
-        tensorboard=False,
-        threads=1,
-        val_every=10,
-        save_every=10,
-        log_every=5,
-        data=dataclasses.replace(base.data, roots=(str(workdir / "data"),)),
-        **kw,
-    )
+    settings = {
+        "name": name,
+        "out_dir": str(workdir / name),
+        "steps": steps,
+        "batch_size": 8,
+        "precision": "fp32",
+        "tensorboard": False,
+        "threads": 1,
+        "val_every": 10,
+        "save_every": 10,
+        "log_every": 5,
+        "data": dataclasses.replace(base.data, roots=(str(workdir / "data"),)),
+    }
+    return dataclasses.replace(base, **{**settings, **kw})
 
 
 def _obs(emb=None):
@@ -295,3 +294,150 @@ def test_episode_subsets_are_nested_and_seeded():
     assert episode_subset(3, 0.01, seed=0) and len(episode_subset(3, 0.01, seed=0)) == 1
     with pytest.raises(LbmError):
         episode_subset(10, 0.0, seed=0)
+
+
+def _save_args(workdir):
+    from lbm.data.dataset import EpisodeDataset
+    from lbm.policies import InstructionCache, build_policy, policy_config
+
+    ds = EpisodeDataset(workdir / "data")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cache = InstructionCache({s: rng.normal(size=384).astype(np.float32) for s in INSTRUCTIONS}, use_user_cache=False)
+    model = build_policy(policy_config("flow", "tiny"), [ds.embodiment], {ds.embodiment.name: ds.stats}, cache)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return {"model": model, "ema": model, "stats": {ds.embodiment.name: ds.stats}, "train_config": {}, "optimizer": optimizer}
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: not an OSError, so nothing in the save path handles it."""
+
+
+class _KillAt:
+    """Wraps the file-system calls of a save and 'kills' the process at call number ``at`` (0-based)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def wrap(self, real):
+        def step(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.at + 1:
+                raise _Killed
+            return real(*args, **kwargs)
+
+        return step
+
+
+def test_checkpoint_save_killed_at_any_step_loses_nothing(workdir, monkeypatch, tmp_path):
+    """Kill the save at each of its file-system steps (fsync, rename, delete); recover() always finds a complete checkpoint."""
+    from lbm.train import checkpoint as ckpt
+
+    args = _save_args(workdir)
+    k, outcomes, killed = 0, [], True
+    while killed:
+        path = tmp_path / f"k{k}" / "checkpoint"
+        ckpt.save_checkpoint(path, step=1, **args)
+        kill = _KillAt(k)
+        for module, name in ((ckpt.os, "replace"), (ckpt.os, "fsync"), (ckpt.shutil, "rmtree")):
+            monkeypatch.setattr(module, name, kill.wrap(getattr(module, name)))
+        try:
+            ckpt.save_checkpoint(path, step=2, **args)
+            killed = False
+        except _Killed:
+            pass
+        monkeypatch.undo()
+        ckpt.recover(path)
+        assert ckpt.is_complete(path), f"killed at step {k}: no complete checkpoint after recover()"
+        outcomes.append(int((path / ckpt.COMPLETE).read_text()))
+        assert not path.with_name("checkpoint.new").exists() and not path.with_name("checkpoint.old").exists()
+        assert load_policy(path).horizon == args["model"].horizon
+        k += 1
+    assert k > 5, f"the save has only {k} file-system steps"
+    assert outcomes[0] == 1 and outcomes[-1] == 2 and outcomes == sorted(outcomes), outcomes
+
+
+def test_train_refuses_to_replace_a_finished_run(workdir):
+    first = train(_cfg(workdir, steps=2, name="twice", save_every=2, val_every=0))
+    mtime = (first / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(LbmError, match="already holds a checkpoint.*--resume.*--overwrite"):
+        train(_cfg(workdir, steps=2, name="twice", save_every=2, val_every=0))
+    assert (first / "model.safetensors").stat().st_mtime_ns == mtime
+    again = train(_cfg(workdir, steps=2, name="twice", save_every=2, val_every=0, overwrite=True))
+    assert again == first and ckpt_step(again) == 2
+
+
+def ckpt_step(path):
+    return json.loads((path / "config.json").read_text())["step"]
+
+
+# (field path, bad value, words the error must contain)
+BAD_TRAIN_SETTINGS = [
+    ("steps", 0, "--steps must be >= 1"),
+    ("batch_size", 0, "--batch-size must be >= 1"),
+    ("optim.lr", 0.0, "--optim.lr must be a finite number > 0"),
+    ("optim.lr", float("nan"), "--optim.lr must be a finite number"),
+    ("optim.weight_decay", -1.0, "--optim.weight-decay"),
+    ("optim.beta2", 1.0, "--optim.beta2 must be in [0, 1)"),
+    ("optim.ema_decay", -0.1, "--optim.ema-decay"),
+    ("optim.warmup_steps", -1, "--optim.warmup-steps must be >= 0"),
+    ("save_every", 0, "--save-every must be >= 1"),
+    ("data.fraction", 0.0, "--data.fraction must be in (0, 1]"),
+    ("data.fraction", 1.5, "--data.fraction"),
+    ("data.roots", (), "no training data"),
+    ("data.weights", (1.0, 2.0), "--data.weights has 2 values for 1 datasets"),
+    ("data.weights", (-1.0,), "non-negative finite"),
+    ("max_minutes", float("inf"), "--max-minutes"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "words"), BAD_TRAIN_SETTINGS, ids=[f"{f}={v}" for f, v, _ in BAD_TRAIN_SETTINGS])
+def test_bad_training_settings_are_refused_before_any_work(workdir, field, value, words):
+    cfg = _cfg(workdir, name="never")
+    if "." in field:
+        group, name = field.split(".")
+        cfg = dataclasses.replace(cfg, **{group: dataclasses.replace(getattr(cfg, group), **{name: value})})
+    else:
+        cfg = dataclasses.replace(cfg, **{field: value})
+    with pytest.raises(LbmError) as info:
+        train(cfg)
+    assert words in str(info.value)
+    assert not (workdir / "never").exists(), "a refused run must not leave an output folder"
+
+
+def test_duplicate_roots_are_refused(workdir):
+    cfg = _cfg(workdir, name="never")
+    root = cfg.data.roots[0]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(root, root + "/.")))
+    with pytest.raises(LbmError, match="more than once"):
+        train(cfg)
+
+
+# (file under the checkpoint, how it is damaged, words the error must contain)
+DAMAGED_RESUME = [
+    ("trainer/state.json", b"{not json", "state.json"),
+    ("trainer/state.json", b'{"step": "ten"}', "state.json"),
+    ("trainer/optimizer.safetensors", b"truncated", "optimizer.safetensors"),
+    ("trainer/model.safetensors", None, "model.safetensors"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"), DAMAGED_RESUME, ids=[f"{n}:{'missing' if c is None else c[:8]}" for n, c, _ in DAMAGED_RESUME]
+)
+def test_damaged_resume_files_are_named(workdir, name, content, words):
+    import shutil
+
+    src = workdir / "resumable" / "checkpoint"
+    if not src.exists():
+        train(_cfg(workdir, steps=2, name="resumable", save_every=2, val_every=0))
+    run = workdir / f"damaged-{abs(hash((name, content)))}"
+    shutil.copytree(src.parent, run)
+    target = run / "checkpoint" / name
+    if content is None:
+        target.unlink()
+    else:
+        target.write_bytes(content)
+    with pytest.raises(LbmError) as info:
+        train(_cfg(workdir, steps=4, name=run.name, save_every=2, val_every=0, resume=True))
+    assert words in str(info.value)

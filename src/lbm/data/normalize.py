@@ -76,8 +76,12 @@ class FeatureStats:
 
     @property
     def constant_dims(self) -> tuple[int, ...]:
-        """Dimensions that were exactly constant in the data (``min == max``, bit for bit)."""
-        return tuple(int(i) for i in np.flatnonzero(np.asarray(self.min) == np.asarray(self.max)))
+        """Dimensions that were exactly constant in the data (``min == max``, bit for bit, and finite).
+
+        An infinite value is never "constant": a dimension that is inf in every frame is broken data.
+        """
+        lo, hi = np.asarray(self.min), np.asarray(self.max)
+        return tuple(int(i) for i in np.flatnonzero((lo == hi) & np.isfinite(lo)))
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form, LeRobot's ``stats.json`` layout (``count`` as a one-element list)."""
@@ -268,12 +272,11 @@ class Normalizer:
     def _affine(self, key: str, mode: str, s: FeatureStats) -> tuple[np.ndarray, np.ndarray]:
         if mode == "mean_std":
             center, half, used = np.asarray(s.mean), np.asarray(s.std), ("mean", "std")
-        elif mode == "min_max":
-            lo, hi, used = np.asarray(s.min), np.asarray(s.max), ("min", "max")
-            center, half = (hi + lo) / 2, (hi - lo) / 2
         else:
-            lo, hi, used = np.asarray(s.q01), np.asarray(s.q99), ("q01", "q99")
-            center, half = (hi + lo) / 2, (hi - lo) / 2
+            used = ("min", "max") if mode == "min_max" else ("q01", "q99")
+            lo, hi = (np.asarray(getattr(s, name)) for name in used)
+            with np.errstate(invalid="ignore"):  # inf stats give NaN here; they are reported below
+                center, half = (hi + lo) / 2, (hi - lo) / 2
         center, half = center.astype(np.float64).copy(), half.astype(np.float64).copy()
         constant = set(self.constant_dims.get(key, ()))
         bad_index = [i for i in constant if not 0 <= i < center.shape[0]]
