@@ -63,11 +63,12 @@ def raw_expert(tasks: list[str], trials: int) -> dict:
 
 def runner(policies: list[str], tasks: list[str], trials: int, workers: int, envs: int, max_steps: int | None) -> dict:
     """Run the real runner into a temporary folder and report its rates."""
+    from lbm.eval.records import load_records
     from lbm.eval.runner import EvalConfig, run_evaluation
-    from lbm.eval.stats import load_records
 
     with tempfile.TemporaryDirectory() as d:
         config = EvalConfig(
+            policy=tuple(policies),
             tasks=",".join(tasks),
             trials=trials,
             workers=workers,
@@ -77,7 +78,7 @@ def runner(policies: list[str], tasks: list[str], trials: int, workers: int, env
             progress=False,
         )
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = run_evaluation(policies, config)
+        summary = run_evaluation(config)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0  # cpu: this process only
         df = load_records(Path(d) / "ev" / "records.parquet")
     n = summary.total

@@ -15,14 +15,7 @@ import argparse
 import json
 import time
 
-from scipy.stats import beta
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
+from lbm.stats import proportion_interval
 
 
 def main() -> None:
@@ -49,13 +42,15 @@ def main() -> None:
     results = {t: [] for t in tasks}
     t0 = time.perf_counter()
     for trial in range(args.trials):
-        policy.reset()
-        obs = [env.reset(eval_seed(t, trial)) for env, t in zip(envs, tasks)]
+        seeds = [eval_seed(t, trial) for t in tasks]
+        states = [policy.reset(seed) for seed in seeds]  # the caller owns each robot's history
+        obs = [env.reset(seed) for env, seed in zip(envs, seeds)]
         done = [False] * len(tasks)
         success = [False] * len(tasks)
         steps = 0
         while not all(done) and steps < args.max_steps:
-            chunks = policy.predict_chunk(obs)
+            result = policy.predict_chunk(obs, states)
+            chunks, states = result.actions, list(result.states)
             for k in range(min(args.execute, chunks.shape[1])):
                 for i, env in enumerate(envs):
                     if done[i]:
@@ -72,7 +67,7 @@ def main() -> None:
         env.close()
     k = sum(sum(v) for v in results.values())
     n = sum(len(v) for v in results.values())
-    lo, hi = clopper_pearson(k, n)
+    lo, hi = (float(x) for x in proportion_interval(k, n, method="clopper-pearson"))
     print(f"\n{'task':28s} success")
     for t, v in results.items():
         print(f"{t:28s} {sum(v)}/{len(v)}")

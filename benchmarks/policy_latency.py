@@ -32,12 +32,7 @@ from lbm.schema import ACTION, STATE, STATE_PAD, Embodiment, Observation
 EMB = Embodiment("metaworld-sawyer", 39, 4, (-1.0,) * 4, (1.0,) * 4, cameras=("corner",))
 
 
-def _unit(d: int) -> FeatureStats:
-    z, o = np.zeros(d), np.ones(d)
-    return FeatureStats(mean=z, std=o, min=-o, max=o, q01=-o, q99=o, count=100)
-
-
-STATS = {EMB.name: {STATE: _unit(39), ACTION: _unit(4)}}
+STATS = {EMB.name: {STATE: FeatureStats.unit(39), ACTION: FeatureStats.unit(4)}}
 
 
 def _load() -> float:

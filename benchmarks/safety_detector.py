@@ -43,6 +43,7 @@ def run_eval(args) -> None:
     from lbm.eval.runner import EvalConfig, run_evaluation
 
     config = EvalConfig(
+        policy=(f"pre={args.checkpoint}",),
         tasks=",".join(args.seen + args.unseen),
         shifts=args.shifts,
         trials=args.trials,
@@ -52,12 +53,12 @@ def run_eval(args) -> None:
         features=True,
         action_samples=args.action_samples,
     )
-    run_evaluation([f"pre={args.checkpoint}"], config)
+    run_evaluation(config)
 
 
 def load(folder: Path):
     """Per trial: features (T, D), action variance (T,) or None, success, task."""
-    from lbm.eval.stats import load_records
+    from lbm.eval.records import load_records
     from lbm.safety.monitor import action_var_path, features_path
 
     rows = []

@@ -4,7 +4,7 @@
     python benchmarks/serve_load.py --quick --out /tmp/serve.json   # a few seconds
 
 The server runs in its own process (as in deployment; clients in this process would otherwise
-share its GIL) with a freshly initialized checkpoint (lbm.serve.testing): serving cost does not
+share its GIL) with a freshly initialized checkpoint (tests/serve_helpers.py): serving cost does not
 depend on what the weights learned. Everything is bounded: a fixed number of requests per client
 and a wall-clock cap per level, loopback only.
 
@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lbm.schema import Observation
-    from lbm.serve.testing import INSTRUCTION, fresh_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixture that writes it
     from lbm.train import load_policy
+    from serve_helpers import INSTRUCTION, fresh_checkpoint
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="lbm-serve-bench-"))
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(requests + 5):
         obs = Observation(state=rng.standard_normal(39).astype(np.float32) * 0.1, instruction=INSTRUCTION)
         t0 = time.perf_counter()
-        policy.predict_chunk([obs])
+        policy.predict_chunk([obs], [policy.reset(i)])
         if i >= 5:
             local.append(1000 * (time.perf_counter() - t0))
     del policy

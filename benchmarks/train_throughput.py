@@ -18,16 +18,12 @@ import numpy as np
 import torch
 
 from _fresh_process import in_fresh_process, peak_rss_mb, runtime_peak_rss_mb
+from lbm.data.normalize import FeatureStats
 from lbm.policies import InstructionCache, build_policy, policy_config
-from lbm.schema import Embodiment
+from lbm.schema import ACTION, STATE, Embodiment
 
 EMB = Embodiment("metaworld-sawyer", 39, 4, (-1.0,) * 4, (1.0,) * 4, cameras=("corner",))
-STATS = {
-    EMB.name: {
-        "observation.state": {"mean": np.zeros(39), "std": np.ones(39)},
-        "action": {"q01": -np.ones(4), "q99": np.ones(4), "mean": np.zeros(4), "std": np.ones(4)},
-    }
-}
+STATS = {EMB.name: {STATE: FeatureStats.unit(39), ACTION: FeatureStats.unit(4)}}
 
 
 def batch(B: int, cameras: tuple[str, ...], image: int) -> dict:

@@ -24,19 +24,13 @@ def fresh_checkpoint(path: str | Path, family: str = "flow", size: str = "tiny",
     """
     import torch
 
-    from lbm.data.normalize import FeatureStats
     from lbm.policies import InstructionCache, build_policy, policy_config
-    from lbm.schema import ACTION, STATE
     from lbm.sim import METAWORLD_EMBODIMENT as emb
     from lbm.train import save_checkpoint
+    from stub_policies import unit_stats
 
     rng = np.random.default_rng(seed)
-
-    def unit(d: int, spread: float) -> FeatureStats:
-        z, o = np.zeros(d), np.ones(d)
-        return FeatureStats(mean=z, std=o * spread, min=-o * spread, max=o * spread, q01=-o * spread, q99=o * spread, count=100)
-
-    stats = {emb.name: {STATE: unit(emb.state_dim, 1.0), ACTION: unit(emb.action_dim, 0.5)}}
+    stats = unit_stats(emb, state_spread=1.0, action_spread=0.5)
     vec = rng.standard_normal(384).astype(np.float32)
     cache = InstructionCache({INSTRUCTION: vec / np.linalg.norm(vec)}, use_user_cache=False)
     torch.manual_seed(seed)
@@ -46,5 +40,5 @@ def fresh_checkpoint(path: str | Path, family: str = "flow", size: str = "tiny",
             if name.endswith("_w") and not torch.any(p):
                 p.normal_(0.0, 0.05)
     return save_checkpoint(
-        path, model=policy, ema=policy, stats=stats, train_config={"note": "fresh, untrained (lbm.serve.testing)"}, step=0
+        path, model=policy, ema=policy, stats=stats, train_config={"note": "fresh, untrained (tests/serve_helpers.py)"}, step=0
     )

@@ -31,10 +31,9 @@ def unit_stats(embodiment, state_spread: float = 1.0, action_spread: float = 1.0
     from lbm.data.normalize import FeatureStats
     from lbm.schema import ACTION, STATE
 
-    def stats(d: int, spread: float) -> FeatureStats:
-        z, o = np.zeros(d), np.ones(d)
-        return FeatureStats(mean=z, std=o * spread, min=-o * spread, max=o * spread, q01=-o * spread, q99=o * spread, count=100)
-
     return {
-        embodiment.name: {STATE: stats(embodiment.state_dim, state_spread), ACTION: stats(embodiment.action_dim, action_spread)}
+        embodiment.name: {
+            STATE: FeatureStats.unit(embodiment.state_dim, state_spread),
+            ACTION: FeatureStats.unit(embodiment.action_dim, action_spread),
+        }
     }

@@ -76,8 +76,8 @@ def test_openpi_client_round_trip(openpi_python, tmp_path):
     import torch
 
     from lbm.serve import PolicyServer, ServerConfig
-    from lbm.serve.testing import INSTRUCTION, fresh_checkpoint
     from lbm.train import load_policy
+    from serve_helpers import INSTRUCTION, fresh_checkpoint
 
     torch.set_num_threads(1)
     policy = load_policy(fresh_checkpoint(tmp_path / "ckpt", "flow", "tiny", horizon=8))

@@ -83,6 +83,12 @@ class FeatureStats:
         lo, hi = np.asarray(self.min), np.asarray(self.max)
         return tuple(int(i) for i in np.flatnonzero((lo == hi) & np.isfinite(lo)))
 
+    @classmethod
+    def unit(cls, dim: int, spread: float = 1.0, count: int = 100) -> FeatureStats:
+        """Stats centred at 0 with half-width ``spread`` in every mode: for synthetic data, benchmarks and tests."""
+        z, o = np.zeros(dim), np.full(dim, float(spread))
+        return cls(mean=z, std=o, min=-o, max=o, q01=-o, q99=o, count=count)
+
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form, LeRobot's ``stats.json`` layout (``count`` as a one-element list)."""
         out: dict[str, Any] = {k: np.asarray(getattr(self, k), np.float64).tolist() for k in self.FIELDS}
