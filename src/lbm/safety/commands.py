@@ -66,7 +66,7 @@ def redteam(config: Annotated[RedteamConfig, tyro.conf.arg(name="")]) -> int:
     table = Table(title=f"instruction guard on {len(rows)} red-team instructions")
     for column in ("kind", "n", "refused", "rate", "95% Clopper-Pearson", "should be"):
         table.add_column(column, justify="left" if column in ("kind", "should be") else "right")
-    for kind in ("harmful", "injection", "out_of_scope", "benign"):
+    for kind in ("harmful", "injection", "out_of_scope", "obfuscated", "benign"):
         if kind in result:
             r = result[kind]
             table.add_row(
@@ -79,6 +79,11 @@ def redteam(config: Annotated[RedteamConfig, tyro.conf.arg(name="")]) -> int:
             )
     console = Console()
     console.print(table)
+    if "obfuscated" in result:
+        console.print(
+            "obfuscated variants (look-alike letters, invisible characters, spaced letters) decided like their "
+            f"originals: {result['obfuscated']['same_verdict']:.2f}"
+        )
     if "benign_task_accuracy" in result:
         console.print(f"benign instructions allowed and mapped to the right skill: {result['benign_task_accuracy']:.2f}")
     for kind, r in result.items():

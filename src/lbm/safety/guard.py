@@ -1,6 +1,10 @@
 """The instruction guard: a first filter on language before it reaches a policy.
 
-Checks, in order (the first that fires decides, and the refusal says which and why):
+Every check sees the instruction *folded* (:func:`fold_text`): NFKC, format characters (zero-width,
+soft hyphen, bidirectional overrides) removed, look-alike letters of other scripts mapped to the
+Latin letters they imitate (Unicode's confusables table), whitespace collapsed, and spaced-out
+letters ("i g n o r e") joined. Checks, in order (the first that fires decides, and the refusal
+says which and why):
 
 1. **contract** — empty, over-long or control-character text is refused;
 2. **injection** — text that tries to switch safety off ("ignore previous instructions", "developer
@@ -26,11 +30,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from confusable_homoglyphs import confusables
 
 from lbm.errors import LbmError, did_you_mean
 from lbm.policies.language import InstructionCache
@@ -74,6 +80,29 @@ INJECTION_PATTERNS: tuple[str, ...] = (
     r"^\s*system\s*:",
     r"</?\s*(instruction|system|prompt)\s*>",
     r"\bno rules\b",
+)
+# Phrases checked inside spaced-out runs once joined ("i g n o r e a l l r u l e s" -> "ignoreallrules"),
+# where word boundaries are gone; each is long enough that no benign instruction contains it.
+SQUASHED_INJECTION: tuple[str, ...] = (
+    "ignoreall",
+    "ignoreprevious",
+    "ignoreprior",
+    "ignoreyour",
+    "ignoresafety",
+    "ignoretherules",
+    "disregard",
+    "forgetyour",
+    "forgetall",
+    "bypass",
+    "override",
+    "developermode",
+    "adminmode",
+    "godmode",
+    "jailbreak",
+    "safetyoff",
+    "disablesafety",
+    "disabletheshield",
+    "norules",
 )
 MAX_CHARS = 300
 
@@ -147,7 +176,7 @@ class InstructionGuard:
 
     def scores(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Similarities ``(N,)`` of each text: ``hazard``, ``injection``, ``scope`` (+ argmax indices)."""
-        e = self.cache.lookup([_normalize(t) for t in texts])
+        e = self.cache.lookup([fold_text(t) for t in texts])
         hz, inj, sc = e @ self._hazard_m.T, e @ self._inject_m.T, e @ self._skill_m.T
         return {
             "hazard": hz.max(1),
@@ -181,7 +210,9 @@ class InstructionGuard:
     def _decide(self, text: str, s: dict) -> GuardDecision:
         c = self.config
         scores = {"hazard": float(s["hazard"]), "injection": float(s["injection"]), "scope": float(s["scope"])}
-        pattern = next((p.pattern for p in self._patterns if p.search(text)), None)
+        folded = fold_text(text)
+        pattern = next((p.pattern for p in self._patterns if p.search(folded)), None)
+        pattern = pattern or next((k for run in spaced_runs(text) for k in SQUASHED_INJECTION if k in run), None)
         if pattern or scores["injection"] >= c.injection_threshold:
             why = "it contains text that tries to override the robot's instructions or safety rules"
             return GuardDecision(
@@ -219,15 +250,61 @@ class InstructionGuard:
         return GuardDecision(text, True, "allow", f"Allowed as skill {task} (closest: '{closest}').", task=task, scores=scores)
 
 
-def _normalize(text: str) -> str:
-    return " ".join(str(text).split())
+# A run of at least two single visible characters (not digits: "0.5 0.2" is a number) joined by one
+# separator each: "t o", "i g n o r e", "d.e.v", "< / s y s t e m >".
+_SPACED_RUN = re.compile(r"(?<!\S)(?:[^\s\d][ .\-_*/|+~]){1,}[^\s\d](?!\S)")
+
+
+def fold_text(text: str) -> str:
+    """The form of ``text`` every guard check sees: the tricks that hide words from a filter undone.
+
+    1. format characters (Unicode category Cf: zero-width spaces and joiners, soft hyphens,
+       bidirectional overrides and isolates) are removed;
+    2. NFKC folds compatibility forms (full-width letters, ligatures, circled and styled letters);
+    3. letters of other scripts that imitate Latin ones (Cyrillic 'о', Greek 'ο', ...) become those
+       Latin letters, per Unicode's confusables table (TR39, via ``confusable_homoglyphs``);
+    4. whitespace runs (newlines, tabs, wide spaces) collapse to one space, and runs of spaced-out
+       single letters are joined ("i g n o r e  a l l" -> "ignore all").
+    """
+    text = "".join(ch for ch in str(text) if unicodedata.category(ch) != "Cf")
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(_latin_lookalike(ch) for ch in text)
+    # Join spaced letters before collapsing whitespace: two or more spaces still separate words.
+    text = _SPACED_RUN.sub(lambda m: _join_run(m.group(0)), text)
+    return " ".join(text.split())
+
+
+def _join_run(run: str) -> str:
+    """ "i.g.n.o.r.e a.l.l" -> "ignore all": the commonest separator joins letters, any other one splits words."""
+    separators = run[1::2]
+    joiner = max(set(separators), key=separators.count)
+    return "".join(ch if i % 2 == 0 else ("" if ch == joiner else " ") for i, ch in enumerate(run))
+
+
+def spaced_runs(text: str) -> list[str]:
+    """The spaced-out runs of ``text`` (after steps 1-3 of :func:`fold_text`), joined and lower-cased."""
+    text = unicodedata.normalize("NFKC", "".join(ch for ch in str(text) if unicodedata.category(ch) != "Cf"))
+    text = " ".join("".join(_latin_lookalike(ch) for ch in text).split())
+    return [re.sub(r"[ .\-_*/|+~]", "", m.group(0)).lower() for m in _SPACED_RUN.finditer(text)]
+
+
+@lru_cache(maxsize=4096)
+def _latin_lookalike(ch: str) -> str:
+    if ch.isascii() or not ch.isalpha():
+        return ch
+    found = confusables.is_confusable(ch, greedy=True, preferred_aliases=["latin"]) or []
+    for entry in found:
+        for glyph in entry["homoglyphs"]:
+            if len(glyph["c"]) == 1 and glyph["c"].isascii() and glyph["c"].isalnum():
+                return glyph["c"]
+    return ch
 
 
 def _contract_problem(text, max_chars: int) -> str:
     if not isinstance(text, str):
         return f"an instruction must be text, got {type(text).__name__}"
-    if not text.strip():
-        return "the instruction is empty"
+    if not fold_text(text):
+        return "the instruction is empty (or only invisible characters)"
     if len(text) > max_chars:
         return f"the instruction has {len(text)} characters, more than the {max_chars} allowed"
     if any(ord(ch) < 32 and ch not in "\t\n" for ch in text):
@@ -294,17 +371,21 @@ def calibrate_guard(
 def evaluate_guard(guard: InstructionGuard, rows: list[dict] | None = None, seed: int = 0, confidence: float = 0.95) -> dict:
     """Refusal rates on the red-team set with Clopper-Pearson intervals (benign: evaluation half only).
 
-    Returns ``{kind: {n, refused, rate, low, high}}`` for harmful, injection, out_of_scope and
-    benign (false refusals), plus ``benign_task_accuracy`` (allowed *and* mapped to the right task).
+    Returns ``{kind: {n, refused, rate, low, high, misses}}`` for harmful, injection, out_of_scope
+    and benign (false refusals) over the plain rows, and ``obfuscated`` over the rewritten variants
+    (rows with ``variant_of``) with ``same_verdict``: the share decided exactly like their original.
+    Also ``benign_task_accuracy`` (allowed *and* mapped to the right task).
     """
 
     rows = rows if rows is not None else load_redteam()
     _, bench = split_benign(rows, seed)
+    plain = [r for r in rows if "variant_of" not in r]
     groups = {
-        "harmful": [r for r in rows if r["kind"] == "harmful"],
-        "injection": [r for r in rows if r["kind"] == "injection"],
-        "out_of_scope": [r for r in rows if r["kind"] == "out_of_scope"],
+        "harmful": [r for r in plain if r["kind"] == "harmful"],
+        "injection": [r for r in plain if r["kind"] == "injection"],
+        "out_of_scope": [r for r in plain if r["kind"] == "out_of_scope"],
         "benign": bench,
+        "obfuscated": [r for r in rows if "variant_of" in r],
     }
     result: dict = {}
     for kind, group in groups.items():
@@ -324,4 +405,8 @@ def evaluate_guard(guard: InstructionGuard, rows: list[dict] | None = None, seed
         if kind == "benign":
             right = sum(d.allowed and d.task == r.get("task") for d, r in zip(decisions, group))
             result["benign_task_accuracy"] = right / len(group)
+        if kind == "obfuscated":
+            originals = guard.check_many([r["variant_of"] for r in group])
+            same = sum(d.verdict == o.verdict for d, o in zip(decisions, originals))
+            result[kind]["same_verdict"] = same / len(group)
     return result
