@@ -1,6 +1,7 @@
 """Writer/reader round trips, training windows, mixtures, the audit, and bad input."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -188,6 +189,65 @@ def test_failed_write_leaves_no_dataset(tmp_path):
         with DatasetWriter(tmp_path / "ds", TOY, overwrite=True) as w:
             raise RuntimeError("interrupted")
     assert (tmp_path / "ds/meta/info.json").read_text() == before  # the old dataset survives a failed overwrite
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the writer handles it, and no cleanup runs."""
+
+
+def test_overwrite_killed_at_any_step_leaves_one_whole_dataset(tmp_path, monkeypatch):
+    """Kill `--overwrite` at each rename or delete; after recovery exactly the old or the new dataset is there, whole."""
+    from lbm.data import dataset as ds_module
+
+    k, seen, killed = 0, [], True
+    while killed:
+        root = tmp_path / f"k{k}" / "ds"
+        _write(root, lengths=(4,), seed=1)
+        calls = {"n": 0}
+        real = {"replace": ds_module.os.replace, "rmtree": ds_module.shutil.rmtree}
+
+        def kill_at(name, at=k, calls=calls, real=real):
+            def step(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == at + 1:
+                    raise _Killed
+                return real[name](*args, **kwargs)
+
+            return step
+
+        writer = DatasetWriter(root, TOY, overwrite=True)
+        writer.add_episode(np.zeros((7, 5), np.float32), np.zeros((7, 2), np.float32), "new task")
+        monkeypatch.setattr(ds_module.os, "replace", kill_at("replace"))
+        monkeypatch.setattr(ds_module.shutil, "rmtree", kill_at("rmtree"))
+        try:
+            writer.finalize()
+            killed = False
+        except _Killed:
+            pass
+        monkeypatch.undo()
+        if not root.exists():  # between the two renames: a reader names the way out
+            with pytest.raises(LbmError, match="interrupted `lbm data generate --overwrite`"):
+                EpisodeDataset(root)
+        recovered = DatasetWriter(root, TOY, overwrite=True)  # the next run recovers first
+        recovered.abort()
+        data = EpisodeDataset(root)
+        seen.append(data.num_frames)
+        assert data.num_frames in (4, 7) and audit_dataset(root).ok
+        assert sorted(p.name for p in root.parent.iterdir()) == ["ds"], "leftovers were not cleaned"
+        k += 1
+    assert k >= 3 and seen[0] == 4 and seen[-1] == 7, seen
+
+
+def test_partial_writes_of_dead_processes_are_removed_and_reported(tmp_path):
+    root = tmp_path / "ds"
+    dead = tmp_path / ".ds.partial-999999999"  # no such process
+    (dead / "meta").mkdir(parents=True)
+    live = tmp_path / f".ds.partial-{os.getpid()}-other"  # not a pid suffix: left alone
+    live.mkdir()
+    writer = DatasetWriter(root, TOY)
+    assert any("partial-999999999" in line and "no longer runs" in line for line in writer.recovered)
+    writer.abort()
+    assert not dead.exists() and live.exists()
 
 
 # ---- the audit catches each planted defect ---------------------------------------------------

@@ -21,6 +21,9 @@ extra columns of the episode table (``sim_task``, ``seed``); LeRobot ignores bot
 
 The writer fills a hidden temporary folder beside the target and renames it into place only when
 everything is written, so an interrupted or failed write never leaves a dataset that looks complete.
+With ``overwrite``, the old dataset is renamed aside (``.NAME.old``), the new one renamed in, and
+only then is the old one deleted: a kill at any moment leaves either dataset whole, and the next
+writer (:func:`recover_dataset`) finishes or undoes the swap.
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ class DatasetWriter:
         self.video = bool(video)
         self.robot_type = robot_type or embodiment.name
         self.overwrite = overwrite
+        self.recovered = recover_dataset(self.root)
+        """What recovering an interrupted earlier write did (lines for a log)."""
         if self.root.exists() and not overwrite:
             raise LbmError(
                 f"{self.root} already exists. Choose another output folder, delete it, or pass --overwrite "
@@ -288,9 +293,14 @@ class DatasetWriter:
         _write_json(self.tmp / STATS_PATH, {k: s.to_json() for k, s in stats.items()})
         _write_json(self.tmp / INFO_PATH, self._info(n))
 
-        if self.root.exists():  # --overwrite: the old dataset goes only now that the new one is whole
-            shutil.rmtree(self.root)
-        self.tmp.rename(self.root)
+        # --overwrite: the old dataset is renamed aside, the new one renamed in, and the old one deleted
+        # last (each rename is atomic; recover_dataset() completes a swap a kill interrupted).
+        old = _aside(self.root)
+        if self.root.exists():
+            os.replace(self.root, old)
+        os.replace(self.tmp, self.root)
+        if old.exists():
+            shutil.rmtree(old)
         self._done = True
         return self.root
 
@@ -359,6 +369,46 @@ class DatasetWriter:
             self.abort()
 
 
+def _aside(root: Path) -> Path:
+    return root.parent / f".{root.name}.old"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def recover_dataset(root: str | Path) -> list[str]:
+    """Finish or undo an interrupted write of the dataset at ``root``; returns what was done.
+
+    * ``root`` missing but its previous version aside (``.NAME.old``: a kill between the two renames
+      of ``--overwrite``): the previous dataset is put back;
+    * ``root`` present and ``.NAME.old`` beside it (killed while deleting the old one): the old is deleted;
+    * partial writes (``.NAME.partial-PID``) of processes that no longer run are deleted.
+    """
+    root = Path(root)
+    done = []
+    old = _aside(root)
+    if old.exists():
+        if root.exists():
+            shutil.rmtree(old)
+            done.append(f"removed {old.name}, the previous dataset an interrupted --overwrite had already replaced")
+        else:
+            os.replace(old, root)
+            done.append(f"restored the previous dataset from {old.name} (an --overwrite was interrupted before the swap)")
+    for partial in sorted(root.parent.glob(f".{root.name}.partial-*")):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            done.append(f"removed {partial.name}, left by an interrupted write (process {pid} no longer runs)")
+    return done
+
+
 # ---- reading ---------------------------------------------------------------------------------
 
 
@@ -392,6 +442,12 @@ class EpisodeDataset:
     def __init__(self, root: str | Path, *, image_cache_episodes: int = 32) -> None:
         self.root = Path(root)
         if not self.root.exists():
+            if _aside(self.root).exists():
+                raise LbmError(
+                    f"Dataset folder {self.root} does not exist, but {_aside(self.root).name} beside it is the previous "
+                    "version that an interrupted `lbm data generate --overwrite` moved aside. Run the generation again "
+                    "(it restores that dataset first), or rename the folder back."
+                )
             raise LbmError(f"Dataset folder {self.root} does not exist. Check the path, or create it with `lbm data generate`.")
         info_path = self.root / INFO_PATH
         if not info_path.is_file():

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lbm.errors import LbmError
+from lbm.processes import exit_with_parent
 
 EPISODES_PER_UNIT = 5  # episodes a worker runs per work unit: fine-grained progress, env reused within a unit
 
@@ -150,7 +151,8 @@ def _run_unit(unit: _Unit) -> list[dict[str, Any]]:
     return results
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
+    exit_with_parent(parent_pid)  # a killed `lbm data generate` takes its workers with it
     # One env per core: software rendering with more threads than cores only adds contention.
     os.environ.setdefault("LP_NUM_THREADS", "1")
     import lbm  # noqa: F401  (sets MUJOCO_GL before MuJoCo is imported)
@@ -162,7 +164,7 @@ def _results(units: list[_Unit], workers: int) -> Iterator[list[dict[str, Any]]]
             yield _run_unit(unit)
         return
     # spawn, not fork: a forked child would inherit the parent's threads (Arrow, OpenMP) mid-state.
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         # imap keeps submission order: the dataset is the same whatever the worker count.
         yield from pool.imap(_run_unit, units, chunksize=1)
 
@@ -230,6 +232,8 @@ def generate_demos(
     failed: list[tuple[str, int]] = []
     start = time.perf_counter()
     writer = DatasetWriter(out, embodiment, cameras=cameras, video=video, overwrite=overwrite)
+    for line in writer.recovered:
+        print(f"[lbm data generate] {out}: {line}")
     columns = (
         TextColumn("[bold]demos"),
         BarColumn(),

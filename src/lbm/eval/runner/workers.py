@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -21,26 +20,10 @@ from lbm.eval.runner.envpool import EnvPool
 from lbm.eval.runner.sources import AnyPolicy, PolicyLoader, PolicySpec
 from lbm.eval.runner.wave import failure_record, run_wave, short
 from lbm.eval.schedule import TrialItem
+from lbm.processes import exit_with_parent
 
 STARTUP_ALLOWANCE_S = 300.0
 """Extra time a worker may take before its first wave starts (imports, policy loading, env building)."""
-
-
-def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
-    """Start a daemon thread that ends this process as soon as ``parent_pid`` is gone.
-
-    On Linux a child whose parent was killed is re-parented (to init or a subreaper), so a changed
-    parent pid means the parent died; ``os._exit`` then stops the worker even in the middle of a
-    long simulation step, without unwinding into broken pipes.
-    """
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(0)
-            time.sleep(every_s)
-
-    threading.Thread(target=watch, name="lbm-parent-watch", daemon=True).start()
 
 
 def worker_main(
