@@ -310,3 +310,66 @@ def test_audit_flags_length_outliers_and_missing_video(tmp_path):
     shutil.rmtree(tmp_path / "vid/videos")
     report = audit_dataset(tmp_path / "vid")
     assert report.has("files", "error")
+
+
+def test_audit_catches_declared_video_size_that_differs_from_the_frames(tmp_path):
+    _write(tmp_path / "ds", lengths=(6, 5), images=True)
+    assert audit_dataset(tmp_path / "ds").ok
+    info_path = tmp_path / "ds/meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["features"][image_key("cam")]["shape"] = [64, 64, 3]  # the frames are 32x32
+    info_path.write_text(json.dumps(info))
+    report = audit_dataset(tmp_path / "ds")
+    assert not report.ok and report.has("schema", "error")
+    assert any("32x32" in f.message and "[64, 64, 3]" in f.message for f in report.findings), report.findings
+
+
+def _edit_json(path, edit):
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+
+
+# (file, how it is damaged, words the error must contain): every way lbm read metadata unchecked
+BAD_METADATA = [
+    ("info", lambda d: d.pop("features"), "features: Field required"),
+    ("info", lambda d: d.update(fps="fast"), "fps"),
+    ("info", lambda d: d.update(fps=0), "fps"),
+    ("info", lambda d: d.update(fps=float("nan")), "fps"),
+    ("info", lambda d: d["features"][STATE].update(shape="five"), "features.observation.state.shape"),
+    ("info", lambda d: d["features"][STATE].update(shape=[0]), "at least 1"),
+    ("info", lambda d: d["features"][ACTION].update(dtype="string"), "needs float values"),
+    ("info", lambda d: d["features"].pop(ACTION), "declares no 'action' feature"),
+    ("info", lambda d: d.update(total_frames=-3), "total_frames"),
+    ("info", lambda d: d.update(codebase_version=3), "codebase_version"),
+    ("stats", lambda d: d[STATE].pop("std"), "std: Field required"),
+    ("stats", lambda d: d[STATE].update(mean=[0.0, 1.0]), "lengths"),
+    ("stats", lambda d: d[ACTION].update(min="low"), "min"),
+    ("stats", lambda d: d[ACTION].update(std=[-1.0, 1.0]), "inconsistent at dimension(s) [0]"),
+    ("stats", lambda d: d.clear() or d.update(rows=[1, 2]), None),  # foreign keys only: ignored, recomputed
+]
+
+
+@pytest.mark.parametrize(("which", "damage", "words"), BAD_METADATA, ids=[f"{w}-{i}" for i, (w, _, _) in enumerate(BAD_METADATA)])
+def test_damaged_metadata_is_named_at_open(tmp_path, which, damage, words):
+    root = tmp_path / "ds"
+    _write(root, lengths=(5, 4))
+    path = root / ("meta/info.json" if which == "info" else "meta/stats.json")
+    _edit_json(path, damage)
+    if words is None:
+        assert EpisodeDataset(root).stats == {}
+        return
+    with pytest.raises(LbmError) as info:
+        EpisodeDataset(root)
+    assert words in str(info.value) and path.name in str(info.value), str(info.value)
+
+
+def test_unreadable_metadata_files(tmp_path):
+    root = tmp_path / "ds"
+    _write(root, lengths=(5,))
+    (root / "meta/stats.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(LbmError, match="stats.json is not readable JSON"):
+        EpisodeDataset(root)
+    (root / "meta/info.json").write_text("[]")
+    with pytest.raises(LbmError, match="info.json is not a valid info.json"):
+        EpisodeDataset(root)

@@ -272,10 +272,19 @@ def _check_video(rep: AuditReport, ds, key: str, info: dict) -> None:
             with av.open(str(path)) as c:
                 stream = c.streams.video[0]
                 rate = float(stream.average_rate or stream.guessed_rate or 0)
+                size = (int(stream.codec_context.height), int(stream.codec_context.width))
                 frames = stream.frames or sum(1 for _ in c.demux(stream) if _.size)
         except (FFmpegError, OSError) as e:
             rep.add("error", "files", f"video {path.relative_to(ds.root)} is unreadable ({e}).")
             continue
+        declared = list(info["features"][key].get("shape", []))[:2]
+        if declared != list(size):
+            rep.add(
+                "error",
+                "schema",
+                f"video {path.relative_to(ds.root)} holds {size[0]}x{size[1]} frames but info.json declares {key} "
+                f"shape {info['features'][key].get('shape')} (height, width, channels): readers would mis-shape every image.",
+            )
         if abs(rate - ds.fps) > 1e-3 * ds.fps:
             rep.add(
                 "error", "timestamps", f"video {path.relative_to(ds.root)} runs at {rate:g} fps but info.json says {ds.fps:g}."

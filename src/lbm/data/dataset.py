@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lbm.data.meta import read_info, read_stats
 from lbm.data.normalize import FeatureStats, StatsAccumulator
 from lbm.errors import LbmError, did_you_mean
 from lbm.schema import (
@@ -457,29 +458,23 @@ class EpisodeDataset:
                 f"{self.root} is not a dataset: {INFO_PATH} is missing.{hint} Point to a folder written by "
                 "`lbm data generate` or a LeRobot v3 dataset."
             )
-        try:
-            self.info: dict[str, Any] = json.loads(info_path.read_text())
-            features = self.info["features"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LbmError(f"{info_path} is corrupt ({e!r}); regenerate the dataset.") from None
-        version = str(self.info.get("codebase_version", "?"))
-        if not version.startswith("v3"):
+        meta = read_info(info_path)
+        if not meta.codebase_version.startswith("v3"):
             raise LbmError(
-                f"{self.root} is a LeRobot {version} dataset; only v3.x is read here. Convert it with LeRobot's "
-                "`lerobot.datasets.v30.convert_dataset_v21_to_v30` script first."
+                f"{self.root} is a LeRobot {meta.codebase_version} dataset; only v3.x is read here. Convert it with "
+                "LeRobot's `lerobot.datasets.v30.convert_dataset_v21_to_v30` script first."
             )
-        for key in (STATE, ACTION):
-            if key not in features:
-                raise LbmError(f"{info_path} declares no {key!r} feature; lbm needs state and action per frame.")
+        self.info: dict[str, Any] = meta.model_dump()
+        features = {k: f.model_dump() for k, f in meta.features.items()}
         self.features: dict[str, Any] = features
-        self.fps = float(self.info.get("fps", 0) or 0)
+        self.fps = meta.fps
         self.cameras: tuple[str, ...] = tuple(
             camera_of(k)
             for k, ft in features.items()
             if ft.get("dtype") in ("video", "image") and k.startswith("observation.images.")
         )
-        self._state_dim = int(np.prod(features[STATE]["shape"]))
-        self._action_dim = int(np.prod(features[ACTION]["shape"]))
+        self._state_dim = meta.features[STATE].width
+        self._action_dim = meta.features[ACTION].width
 
         self._load_tasks()
         self._load_episodes()
@@ -567,18 +562,7 @@ class EpisodeDataset:
         path = self.root / STATS_PATH
         if not path.is_file():
             return {}
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise LbmError(f"{path} is corrupt ({e}); regenerate the dataset or delete the file to recompute stats.") from None
-        out = {}
-        for key, d in raw.items():
-            if isinstance(d, dict) and all(f in d for f in FeatureStats.FIELDS):
-                try:
-                    out[key] = FeatureStats.from_json(d)
-                except (ValueError, TypeError):
-                    continue  # e.g. image stats of shape (3,1,1) in a foreign dataset: not needed here
-        return out
+        return read_stats(path, {STATE: self._state_dim, ACTION: self._action_dim})
 
     def _load_embodiment(self) -> Embodiment:
         lbm_meta = self.info.get("lbm") or {}

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 import lbm
-from lbm.errors import LbmError
+from lbm.files import read_model, write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 BLINDING_FILE = "blinding.json"
@@ -59,37 +58,6 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def _parse(path: Path, model: type[BaseModel], what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LbmError(f"{path} is missing: {what}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise LbmError(f"{path} cannot be read ({error}): {what}") from None
-    try:
-        return model.model_validate_json(text)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in error.errors()[:5])
-        raise LbmError(f"{path} is not a valid {path.name} ({problems}). {what}") from None
-
-
-def write_json_atomic(path: Path, payload: dict) -> str:
-    """Write ``payload`` as JSON to ``path`` atomically (temporary file, fsync, rename); return its SHA-256."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        raise LbmError(
-            f"Cannot write {path} ({error.strerror or error}). Choose a writable --out folder with free space."
-        ) from None
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def write_blinding(out_dir: Path, policies: dict[str, tuple[str, str]]) -> str:
     """Write ``blinding.json`` (blind id -> (name, source)) and return its SHA-256."""
     payload = Blinding(
@@ -101,7 +69,7 @@ def write_blinding(out_dir: Path, policies: dict[str, tuple[str, str]]) -> str:
 
 def read_blinding(out_dir: Path) -> dict[str, BlindEntry]:
     """Read ``blinding.json``: blind id -> :class:`BlindEntry`."""
-    blinding = _parse(
+    blinding = read_model(
         Path(out_dir) / BLINDING_FILE,
         Blinding,
         "It maps the blind policy ids of the records to policy names and is written by `lbm eval` before the "
@@ -133,7 +101,7 @@ def write_manifest(out_dir: Path, manifest: Manifest) -> None:
 
 def read_manifest(out_dir: Path) -> Manifest:
     """Read and validate ``manifest.json``."""
-    return _parse(
+    return read_model(
         Path(out_dir) / MANIFEST_FILE,
         Manifest,
         "It is written by `lbm eval` before the first trial. Rerun the evaluation into a new --out folder.",

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lbm.data.normalize import load_stats, save_stats
 from lbm.errors import LbmError
+from lbm.files import read_model
 from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json, config_to_json
 from lbm.policies.common import PER_EMBODIMENT_SUFFIXES
 from lbm.schema import Embodiment
@@ -95,12 +96,9 @@ def read_json(path: Path, what: str) -> Any:
 
 def read_trainer_state(ckpt: Path) -> TrainerState:
     """``trainer/state.json`` of a checkpoint, validated."""
-    raw = read_json(ckpt / "trainer" / "state.json", "the checkpoint cannot be resumed; train again without --resume.")
-    try:
-        return TrainerState.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:3])
-        raise LbmError(f"{ckpt / 'trainer' / 'state.json'} is invalid ({problems}); the checkpoint cannot be resumed.") from None
+    return read_model(
+        ckpt / "trainer" / "state.json", TrainerState, "The checkpoint cannot be resumed; train again without --resume."
+    )
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
