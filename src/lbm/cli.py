@@ -16,6 +16,7 @@ import traceback
 import typing
 
 from lbm.errors import LbmError, did_you_mean
+from lbm.files import os_error
 
 # (words of the command) -> ("module:function", one-line summary)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         if not debug:
             print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
+    except OSError as error:  # a writer's boundary missed it: still one line naming the file, not a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: {os_error(error, 'output', error.filename or '(unknown file)')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,9 +8,11 @@ way it can be bad (missing, unreadable, not JSON, wrong types or shapes) into on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,3 +56,28 @@ def write_json_atomic(path: Path, payload: dict) -> str:
             f"Cannot write {path} ({error.strerror or error}). Choose a writable --out folder with free space."
         ) from None
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def os_error(error: OSError, what: str, where: Path | str) -> LbmError:
+    """An :class:`LbmError` for a failed read or write: what, where, why, and what to do."""
+    reason = error.strerror or str(error)
+    culprit = f" ({error.filename})" if error.filename and str(error.filename) != str(where) else ""
+    hint = {
+        27: "the disk (or the process's file-size limit) is full",
+        28: "the disk is full",
+        20: "a part of the path is a file, not a folder",
+        21: "the path is a folder where a file was expected",
+        13: "permission denied",
+        1: "the location is not writable",
+        30: "the file system is read-only",
+    }.get(error.errno or -1, reason)
+    return LbmError(f"Cannot write {what} at {where}: {hint}{culprit}. Choose another location, or free space, and rerun.")
+
+
+@contextlib.contextmanager
+def writing(what: str, where: Path | str) -> Iterator[None]:
+    """Turn any ``OSError`` inside the block into :func:`os_error` (the writer's boundary)."""
+    try:
+        yield
+    except OSError as error:
+        raise os_error(error, what, where) from None

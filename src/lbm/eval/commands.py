@@ -19,6 +19,7 @@ from lbm.eval.compare import compare_records, render
 from lbm.eval.records import load_records
 from lbm.eval.report import write_report
 from lbm.eval.runner import EvalConfig, hooks, run_evaluation
+from lbm.files import writing
 
 
 def evaluate(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
@@ -258,15 +259,17 @@ def report(config: Annotated[ReportConfig, tyro.conf.arg(name="")]) -> int:
     c = config
     df = load_records(c.dir, require_pairing=not c.allow_unpaired)
     base = Path(c.dir) if Path(c.dir).is_dir() else Path(c.dir).parent
-    paths = write_report(
-        df,
-        Path(c.out) if c.out is not None else base / "report",
-        alpha=c.alpha,
-        test=c.test,
-        correction=c.correction,
-        confidence=c.confidence,
-        title=f"lbm report: {base.name}",
-    )
+    out = Path(c.out) if c.out is not None else base / "report"
+    with writing("the report", out):
+        paths = write_report(
+            df,
+            out,
+            alpha=c.alpha,
+            test=c.test,
+            correction=c.correction,
+            confidence=c.confidence,
+            title=f"lbm report: {base.name}",
+        )
     for p in paths:
         print(f"wrote {p}")
     return 0

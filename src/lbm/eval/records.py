@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Hashable
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lbm.errors import LbmError
-from lbm.eval.manifest import BLINDING_FILE, read_blinding
+from lbm.eval.manifest import BLINDING_FILE, MANIFEST_FILE, audit_blinding, read_blinding, read_manifest
 
 JOURNAL_FILE = "records.journal.jsonl"
 PARQUET_FILE = "records.parquet"
@@ -260,8 +261,25 @@ def load_records(path: str | Path, blind: bool = False, require_pairing: bool = 
         files = [path]
     df = pd.concat([_read(f) for f in files], ignore_index=True) if len(files) > 1 else _read(files[0])
     df = validate_records(df, require_pairing=require_pairing, source=str(path))
-    if not blind and (folder / BLINDING_FILE).exists():
-        df = unblind(df, folder)
+    ids = set(df["policy"].astype(str))
+    looks_blind = all(re.fullmatch(r"p-[0-9a-f]{4}", i) for i in ids)  # the ids lbm eval writes
+    if not blind and looks_blind and not (folder / BLINDING_FILE).exists():
+        raise LbmError(
+            f"The records at {path} name policies only by blind ids ({', '.join(sorted(ids)[:4])}) and "
+            f"{folder / BLINDING_FILE}, which maps them to policies, is missing. Copy it along with the records "
+            "(or analyse blind, e.g. load_records(..., blind=True))."
+        )
+    if any((folder / f).exists() for f in (MANIFEST_FILE, BLINDING_FILE)):
+        # An evaluation folder is read whole: a missing, empty or damaged manifest or blinding file
+        # is an error naming it, never a report that silently shows blind ids or unchecked records.
+        read_manifest(folder)
+        if not blind:
+            if not audit_blinding(folder)["ok"]:
+                raise LbmError(
+                    f"{folder / BLINDING_FILE} changed after the evaluation started (its SHA-256 differs from the one "
+                    "manifest.json recorded), so the un-blinding cannot be trusted. Restore the original file."
+                )
+            df = unblind(df, folder)
     return df.reset_index(drop=True)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import tyro
 
+from lbm.files import writing
 from lbm.study.pipeline import run_study
 from lbm.study.profiles import PROFILES
 
@@ -29,6 +30,7 @@ def study(
     Pick a profile (default: quick) and override any field, e.g. `lbm study quick --trials 40`.
     """
 
-    result = run_study(config)
+    with writing("the study", config.root):
+        result = run_study(config)
     print(f"\nreport: {result['report_html']}\nrecords: {result['records']}")
     return 0

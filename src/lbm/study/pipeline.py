@@ -179,7 +179,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     """Run (or resume) a study; return the paths it wrote and its analysis."""
     start = time.perf_counter()
     pretrain_tasks, heldout_tasks = validate(config)
-    root = Path(config.out or f"studies/{config.name}")
+    root = config.root
     check_folder(root)
     cache = StageCache(root)
     trials, mdd = plan_trials(config)

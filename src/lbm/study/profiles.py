@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 
@@ -79,6 +80,11 @@ class StudyConfig:
     """torch CPU threads for training (0 = torch's default)."""
     bootstrap_reps: int = 2000
     """Bootstrap resamples for aggregate intervals."""
+
+    @property
+    def root(self) -> Path:
+        """The study's folder: ``out``, or studies/NAME."""
+        return Path(self.out or f"studies/{self.name}")
 
 
 PROFILES: dict[str, StudyConfig] = {

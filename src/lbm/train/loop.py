@@ -23,6 +23,7 @@ from lbm.data.dataset import EpisodeDataset
 from lbm.data.mixture import Mixture
 from lbm.data.windows import WindowDataset, collate_windows
 from lbm.errors import LbmError
+from lbm.files import writing
 from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json
 from lbm.schema import Embodiment
 from lbm.train import checkpoint as ckpt
@@ -342,9 +343,12 @@ def train(config: TrainConfig) -> Path:
 
     # ---- logging -----------------------------------------------------------------------------------
     writer = None
+    metrics_file = None
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        with writing("the training run", out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+            metrics_file = (out_dir / "metrics.jsonl").open("a")
         if config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -352,7 +356,6 @@ def train(config: TrainConfig) -> Path:
                 writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
             except ImportError:
                 writer = None
-    metrics_file = (out_dir / "metrics.jsonl").open("a") if main else None
     wandb_run = _start_wandb(config, out_dir) if main and config.wandb else None
 
     def log(step: int, scalars: dict[str, float]) -> None:
