@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _server_main(ckpt: str, threads: int, max_batch: int, max_wait_ms: float, port_q, stop_ev) -> None:
+def server_main(ckpt: str, threads: int, max_batch: int, max_wait_ms: float, port_q, stop_ev) -> None:
     import torch
 
     from lbm.serve import PolicyServer, ServerConfig
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     port_q, stop_ev = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_server_main, args=(str(ckpt), args.threads, 16, args.max_wait_ms, port_q, stop_ev), daemon=True)
+    proc = ctx.Process(target=server_main, args=(str(ckpt), args.threads, 16, args.max_wait_ms, port_q, stop_ev), daemon=True)
     proc.start()
     try:
         url = f"ws://127.0.0.1:{port_q.get(timeout=120)}"

@@ -606,6 +606,58 @@ def test_memory_is_given_back_after_large_frames(ckpts):
         server.wait(10)
 
 
+def test_abusers_do_not_starve_or_corrupt_a_good_client(ckpts):
+    """Garbage, 1 MB prompts and never-seen prompts from other connections: the good client's every reply
+    arrives and equals what the policy computes in process (fairness in correctness; benchmarks/serve_fairness.py
+    measures the latency)."""
+    from websockets.sync.client import connect
+
+    local = _load(ckpts["flow"])
+    config = ServerConfig(port=0, metrics_every_s=0, max_new_prompts_per_minute=3)
+    with PolicyServer(_load(ckpts["flow"]), config) as server:
+        stop = threading.Event()
+        refused = {"garbage": 0, "huge_prompt": 0, "new_prompt": 0}
+
+        def garbage() -> None:
+            with connect(server.url, max_size=None) as ws:
+                ws.recv()
+                while not stop.is_set():
+                    ws.send(b"\x93\xff not msgpack")
+                    assert ws.recv(timeout=30).startswith("error:")
+                    refused["garbage"] += 1
+
+        def prompts(kind: str) -> None:
+            with Client(server.url) as c:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    prompt = "x" * 2**20 if kind == "huge_prompt" else f"{INSTRUCTION} number {n}"
+                    try:
+                        c.infer({**_obs(0.1), "prompt": prompt})
+                    except ServerError:
+                        refused[kind] += 1
+
+        threads = [
+            threading.Thread(target=f, args=a)
+            for f, a in ((garbage, ()), (prompts, ("huge_prompt",)), (prompts, ("new_prompt",)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            with Client(server.url) as good:
+                good.reset(seed=5)
+                source = LocalSource(local, seed=5)
+                for x in np.linspace(-0.5, 0.5, 25):
+                    np.testing.assert_array_equal(good.infer(_obs(float(x)))["actions"], source.infer(_obs(float(x)))["actions"])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert all(v > 0 for v in refused.values()), refused  # every abuser really ran and was refused
+        metrics = fetch_metrics(server.url)
+        assert metrics["errors_by_kind"].get("bad_request", 0) >= refused["garbage"] + refused["huge_prompt"]
+
+
 def test_thin_client_installs_alone_and_drives_a_served_policy(ckpts, tmp_path):
     """lbm-client in a fresh venv (numpy, msgpack, websockets; no torch, no lbm) against a running server."""
     import venv
