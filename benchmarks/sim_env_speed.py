@@ -1,10 +1,14 @@
-"""Environment throughput: expert-driven steps per second, state only and with cameras.
+"""Environment throughput of any suite: expert-driven steps per second, state only and with cameras,
+and what building and resetting an env costs.
 
 Measures ``SimEnv.step(env.expert_action())`` (expert, physics and observation) in one process
-for: state only, one 96 px "front" camera, one 96 px "corner" camera, and the front camera with
-Meta-World's default render quality (shadows, reflections, multisampling) for comparison.
+for: state only, each of the embodiment's first two cameras alone (96 px; 84 px for LIBERO, its
+common policy input), all cameras at 128 px (LIBERO's default), and the first camera with the
+simulator's default render quality (shadows, reflections, multisampling) for comparison. Also
+times ``make_env`` and ``reset`` (from a seed, and from a fixed initial state where the task has them).
 
     python benchmarks/sim_env_speed.py --out speed.json
+    python benchmarks/sim_env_speed.py --task libero-10/put-both-the-alphabet-soup-and-the-tomato-sauce-in-the-basket
     python benchmarks/sim_env_speed.py --quick
 """
 
@@ -44,19 +48,31 @@ def main() -> None:
     args = parser.parse_args()
     from rich.progress import track
 
-    from lbm.sim import RenderConfig
+    from lbm.sim import RenderConfig, embodiment_of, eval_seed, get_task, make_env
 
     steps = 200 if args.quick else args.steps
-    configs = {
-        "state only": {},
-        "front 96px": {"cameras": ["front"], "image_size": 96},
-        "corner 96px": {"cameras": ["corner"], "image_size": 96},
-        "front 96px, default quality": {
-            "cameras": ["front"],
-            "image_size": 96,
-            "render": RenderConfig(shadows=True, reflections=True, antialias=True, skybox=True),
-        },
+    spec = get_task(args.task)
+    cams = embodiment_of(spec.name).cameras
+    size = 84 if spec.suite == "libero" else 96
+    configs: dict[str, dict] = {"state only": {}}
+    for cam in cams[:2]:
+        configs[f"{cam} {size}px"] = {"cameras": [cam], "image_size": size}
+    configs[f"all {len(cams)} cameras 128px"] = {"cameras": list(cams), "image_size": 128}
+    configs[f"{cams[0]} {size}px, default quality"] = {
+        "cameras": [cams[0]],
+        "image_size": size,
+        "render": RenderConfig(shadows=True, reflections=True, antialias=True, skybox=True),
     }
+    start = time.perf_counter()
+    with make_env(spec.name) as env:
+        costs = {"make_env_s": time.perf_counter() - start}
+        for label, kwargs in [("reset_seed_ms", {})] + (
+            [("reset_init_state_ms", {"init_state": 0})] if spec.fixed_init_states else []
+        ):
+            start = time.perf_counter()
+            for i in range(10):
+                env.reset(eval_seed(spec.name, i), **kwargs)
+            costs[label] = 100 * (time.perf_counter() - start)
     results = {}
     for name, kwargs in track(list(configs.items()), description="configurations"):
         # the slow default-quality renderer gets fewer steps so the benchmark stays short
@@ -64,12 +80,13 @@ def main() -> None:
         results[name] = measure(args.task, n, **kwargs)
     base = results["state only"]["steps_per_s"]
     print(f"\n{args.task}, 1 process, {platform.processor() or platform.machine()}")
+    print(" | ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     print("| configuration | steps/s | relative to state only |\n|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['steps_per_s']:.0f} | {r['steps_per_s'] / base:.3f} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"task": args.task, "results": results}, f, indent=1)
+            json.dump({"task": args.task, "results": results, "costs": costs}, f, indent=1)
         print(f"wrote {args.out}")
 
 

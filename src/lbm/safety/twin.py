@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbm.errors import LbmError
-from lbm.sim.env import METAWORLD_WORKSPACE
+from lbm.sim.metaworld import METAWORLD_WORKSPACE
 
 # Sawyer arm links: touching the world with these (rather than the gripper) is a collision.
 SAWYER_ARM_BODIES = (

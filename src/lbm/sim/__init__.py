@@ -1,4 +1,4 @@
-"""lbm.sim: Meta-World v3 tasks behind the lbm schema, with instructions, experts and shifts.
+"""lbm.sim: simulator suites (Meta-World v3, LIBERO) behind one contract, with instructions, experts, shifts and symbolic state.
 
 Quick use::
 
@@ -11,8 +11,10 @@ Quick use::
             break
 """
 
-from lbm.sim.env import METAWORLD_EMBODIMENT, METAWORLD_WORKSPACE, MocapActuation, RenderConfig, SimEnv, StepResult, make_env
-from lbm.sim.registry import TASK_SETS, TASKS, TaskSpec, get_task, resolve_tasks, task_for_instruction
+from lbm.sim.base import RenderConfig, SimEnv, StepResult, TaskSpec, atom, goal_reached, parse_atom
+from lbm.sim.make import embodiment_of, make_env
+from lbm.sim.metaworld import METAWORLD_EMBODIMENT, METAWORLD_WORKSPACE, MetaWorldEnv, MocapActuation
+from lbm.sim.registry import TASK_SETS, TASKS, get_task, resolve_tasks, task_for_instruction
 from lbm.sim.seeds import DEMO_SEED_RANGE, EVAL_SEED_RANGE, demo_seed, eval_seed
 from lbm.sim.shifts import LEVELS, SHIFTS, Shift, ShiftContext, parse_shifts
 
@@ -22,6 +24,7 @@ __all__ = [
     "LEVELS",
     "METAWORLD_EMBODIMENT",
     "METAWORLD_WORKSPACE",
+    "MetaWorldEnv",
     "MocapActuation",
     "SHIFTS",
     "TASKS",
@@ -32,10 +35,14 @@ __all__ = [
     "SimEnv",
     "StepResult",
     "TaskSpec",
+    "atom",
     "demo_seed",
+    "embodiment_of",
     "eval_seed",
     "get_task",
+    "goal_reached",
     "make_env",
+    "parse_atom",
     "parse_shifts",
     "resolve_tasks",
     "task_for_instruction",

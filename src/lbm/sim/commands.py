@@ -8,8 +8,9 @@ from typing import Annotated
 import tyro
 
 from lbm.errors import LbmError
-from lbm.sim import LEVELS, METAWORLD_EMBODIMENT, SHIFTS, TASK_SETS, get_task, resolve_tasks
-from lbm.sim.env import FREE_CAMERAS
+from lbm.sim import LEVELS, SHIFTS, TASK_SETS, embodiment_of, get_task, resolve_tasks
+from lbm.sim.metaworld import FREE_CAMERAS
+from lbm.sim.registry import UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,8 @@ class TasksConfig:
     """List the simulation tasks, task sets, cameras and distribution shifts."""
 
     set: str = "mt50"
-    """Which tasks to list: a task set (mt10, mt50, ml45-train, ml45-test), task names separated by commas, or a mix
-    such as "mt10,hammer"."""
+    """Which tasks to list: a task set (mt10, mt50, ml45-train, ml45-test, libero-goal, libero-10, libero-spatial,
+    libero-object), task names separated by commas, or a mix such as "mt10,hammer"."""
     show_instructions: bool = False
     """Also print every paraphrase of each task's instruction."""
 
@@ -38,6 +39,7 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
     table.add_column("task", style="bold")
     table.add_column("instruction")
     table.add_column("sets")
+    table.add_column("robot")
     table.add_column("max steps", justify="right")
     for name in names:
         spec = get_task(name)
@@ -45,8 +47,17 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
         text = spec.instruction
         if show_instructions:
             text = "\n".join([spec.instruction, *(f"  - {p}" for p in spec.paraphrases)])
-        table.add_row(name, text, member, str(spec.max_steps))
+        table.add_row(name, text, member, spec.embodiment, str(spec.max_steps))
     console.print(table)
+    listed = {n.split("/")[0] for n in names}
+    gaps = {n: why for n, why in UNAVAILABLE.items() if n.split("/")[0] in listed and "/" in n}
+    if gaps:
+        gap_table = Table(title=f"Known gaps: tasks of these suites that are not registered ({len(gaps)})")
+        gap_table.add_column("task", style="bold")
+        gap_table.add_column("why")
+        for n, why in gaps.items():
+            gap_table.add_row(n, why.split(": ", 1)[-1].split(". Registered")[0])
+        console.print(gap_table)
 
     sets = Table(title="Task sets")
     sets.add_column("set", style="bold")
@@ -56,12 +67,16 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
         sets.add_row(set_name, str(len(members)), ", ".join(members[:4]) + (", ..." if len(members) > 4 else ""))
     console.print(sets)
 
-    cams = Table(title=f"Cameras of {METAWORLD_EMBODIMENT.name} (control {METAWORLD_EMBODIMENT.control_hz:g} Hz)")
-    cams.add_column("camera", style="bold")
-    cams.add_column("kind")
-    for cam in METAWORLD_EMBODIMENT.cameras:
-        cams.add_row(cam, "free camera (lbm)" if cam in FREE_CAMERAS else "Meta-World model camera")
-    console.print(cams)
+    bodies = {}
+    for name in names:
+        bodies.setdefault(get_task(name).embodiment, embodiment_of(name))
+    for body in bodies.values():
+        cams = Table(title=f"Robot {body.name}: state {body.state_dim}, action {body.action_dim}, control {body.control_hz:g} Hz")
+        cams.add_column("camera", style="bold")
+        cams.add_column("kind")
+        for cam in body.cameras:
+            cams.add_row(cam, "free camera (lbm)" if cam in FREE_CAMERAS else "model camera")
+        console.print(cams)
 
     shifts = Table(title=f"Distribution shifts (levels: {', '.join(LEVELS)}; syntax 'obs_noise:low,friction:high')")
     shifts.add_column("shift", style="bold")

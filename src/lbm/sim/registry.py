@@ -1,22 +1,28 @@
-"""The task registry: every Meta-World v3 task with its instructions, embodiment and step limit.
+"""The task registry, one across suites: every task with its instructions, embodiment and step limit.
 
-Task names are Meta-World's own (``drawer-open-v3``); the ``-v3`` suffix may be left off on the
-command line. Task sets come straight from Meta-World's benchmark definitions and keep their order,
-so ``mt10`` here is exactly Meta-World's MT10.
+Meta-World task names are Meta-World's own (``drawer-open-v3``; the ``-v3`` suffix may be left
+off), and its task sets come straight from Meta-World's benchmark definitions in their order, so
+``mt10`` here is exactly Meta-World's MT10. LIBERO tasks are named ``SUITE/TASK``
+(``libero-goal/put-the-bowl-on-the-plate``) and their suites are task sets (``libero-goal``); they
+are registered when the ``libero`` extra is installed (:mod:`lbm.sim.libero`). Task sets compose
+across suites: ``mt10,libero-goal``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from importlib import resources
 
 from lbm.errors import LbmError, did_you_mean
+from lbm.sim.base import TaskSpec
 
 SUITE = "metaworld"
 EMBODIMENT_NAME = "metaworld-sawyer"
+BACKENDS: dict[str, str] = {"metaworld": "lbm.sim.metaworld", "libero": "lbm.sim.libero"}
+"""Suite -> the module that builds its envs (``build(spec, ...)``) and names its embodiments (``EMBODIMENTS``)."""
 DEFAULT_MAX_STEPS = 200
+__all__ = ["TASKS", "TASK_SETS", "TaskSpec", "get_task", "resolve_tasks", "task_for_instruction"]
 # Tasks whose scripted expert needs more than DEFAULT_MAX_STEPS on some initial conditions
 # (measured with benchmarks/sim_expert_success.py --max-steps 500, 10 eval seeds per task: every
 # other task's slowest successful expert episode took at most 143 steps; Meta-World's own hard
@@ -26,29 +32,6 @@ _LONG_TASKS: dict[str, int] = {
     "stick-pull-v3": 320,  # slowest of 10: 247
     "disassemble-v3": 250,  # slowest of 10: 157
 }
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One simulation task: what to do, in words, and how long an episode may last."""
-
-    name: str
-    """Simulator task name, e.g. ``drawer-open-v3``."""
-    suite: str
-    """Simulator suite the task belongs to (``metaworld``)."""
-    instruction: str
-    """Canonical natural-language instruction, e.g. ``open the drawer``."""
-    paraphrases: tuple[str, ...]
-    """Other wordings of the same instruction (at least 3), for language-generalization tests."""
-    embodiment: str
-    """Name of the robot embodiment that performs the task."""
-    max_steps: int = DEFAULT_MAX_STEPS
-    """Default episode step limit (at most 500, Meta-World's hard limit)."""
-
-    @property
-    def instructions(self) -> tuple[str, ...]:
-        """The canonical instruction followed by its paraphrases."""
-        return (self.instruction, *self.paraphrases)
 
 
 def _load_tasks() -> dict[str, TaskSpec]:
@@ -83,10 +66,21 @@ def _load_sets() -> dict[str, tuple[str, ...]]:
     }
 
 
+def _load_other_suites() -> tuple[dict[str, TaskSpec], dict[str, tuple[str, ...]], dict[str, str]]:
+    from lbm.sim import libero  # reads LIBERO's task files only; robosuite is imported when an env is built
+
+    return libero.task_specs(), libero.task_sets(), libero.unavailable()
+
+
 TASKS: dict[str, TaskSpec] = _load_tasks()
-"""All 50 Meta-World v3 tasks, by name, in Meta-World's order."""
+"""Every registered task, by name: the 50 Meta-World v3 tasks in Meta-World's order, then the other suites'."""
 TASK_SETS: dict[str, tuple[str, ...]] = _load_sets()
-"""Named task sets (Meta-World's MT10, MT50, ML45 train and the 5 held-out ML45 test tasks)."""
+"""Named task sets (Meta-World's MT10, MT50, ML45 train and test; LIBERO's suites)."""
+_other_tasks, _other_sets, _unavailable = _load_other_suites()
+TASKS.update(_other_tasks)
+TASK_SETS.update(_other_sets)
+UNAVAILABLE: dict[str, str] = _unavailable
+"""Task sets and tasks that exist but cannot be used here -> why (a suite not installed; a task with no expert)."""
 
 _INSTRUCTION_TO_TASK: dict[str, str] = {}
 for _spec in TASKS.values():
@@ -100,6 +94,15 @@ def _canonical_name(name: str) -> str:
         return name
     if f"{name}-v3" in TASKS:
         return f"{name}-v3"
+    for key in (name, name.split("/")[0]):
+        if key in UNAVAILABLE:
+            raise LbmError(UNAVAILABLE[key])
+    if "/" in name:  # SUITE/TASK: first the suite, then the task within it
+        suite = name.split("/")[0]
+        suites = sorted({t.split("/")[0] for t in TASKS if "/" in t})
+        if suite not in suites:
+            raise did_you_mean(suite, suites, "suite")
+        raise did_you_mean(name, [t for t in TASKS if t.startswith(suite + "/")], f"task of {suite}")
     aliases = list(TASKS) + [t.removesuffix("-v3") for t in TASKS]
     raise did_you_mean(name, aliases, "task")
 
@@ -126,6 +129,8 @@ def resolve_tasks(spec: str) -> list[str]:
         key = part.lower()
         if key in TASK_SETS:
             names = TASK_SETS[key]
+        elif key in UNAVAILABLE:
+            raise LbmError(UNAVAILABLE[key])
         else:
             try:
                 names = (_canonical_name(key),)

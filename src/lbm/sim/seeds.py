@@ -1,7 +1,7 @@
 """Seed spaces: demonstrations and evaluations never share an initial condition.
 
 A seed, together with the task name (and the shifts), fully determines an episode's initial
-condition (see :meth:`lbm.sim.env.SimEnv.reset`). Demonstration seeds live in ``[0, 2**30)`` and
+condition (see :meth:`lbm.sim.SimEnv.reset`). Demonstration seeds live in ``[0, 2**30)`` and
 evaluation seeds in ``[2**30, 2**31)``, so no policy is ever evaluated on a start state it was
 trained on. Evaluation seeds depend only on ``(task, trial)``: every policy in a comparison meets
 the same initial conditions (a paired design).

@@ -49,6 +49,8 @@ class ShiftContext:
     """Geoms that do not belong to the robot (table, objects), int ``(G,)``."""
     free_cameras: dict[str, dict[str, Any]]
     """Parameters of the free cameras (lookat, distance, azimuth, elevation), editable in place."""
+    data: Any = None
+    """The ``mujoco.MjData`` (for :meth:`Shift.after_placement`; backends that place objects themselves)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,14 @@ class Shift:
         """Apply per-episode changes (model edits, buffers); return a JSON-able record of them."""
         return {}
 
+    def after_placement(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+        """Edit the placed scene (``ctx.data``) once the backend placed its objects; return a record.
+
+        Called by backends that place objects with their own samplers (LIBERO, robosuite); Meta-World
+        draws its initial condition from :meth:`reset_space` instead.
+        """
+        return {}
+
     def observe(self, state: np.ndarray, rng: np.random.Generator, scratch: dict) -> np.ndarray:
         """Perturb the float32 ``(state_dim,)`` state the policy sees (not the simulator)."""
         return state
@@ -137,8 +147,9 @@ class ObjectPose(Shift):
     kind: ClassVar[str] = "initial state"
     what: ClassVar[str] = (
         "Widens the range from which initial object and goal positions are drawn: the horizontal "
-        "(x, y) bounds of Meta-World's reset box move outward by the magnitude on each side; "
-        "heights are untouched so objects still rest on the table."
+        "(x, y) bounds of Meta-World's reset box move outward by the magnitude on each side (in "
+        "suites that place objects with their own samplers, every free object moves horizontally "
+        "by up to the magnitude); heights are untouched so objects still rest on their support."
     )
     unit: ClassVar[str] = "m added on each side"
     magnitudes: ClassVar[dict[str, float]] = {"low": 0.02, "medium": 0.04, "high": 0.07}
@@ -146,6 +157,20 @@ class ObjectPose(Shift):
     def reset_space(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pad = np.where(_is_horizontal(low.size), self.magnitude, 0.0)
         return low - pad, high + pad
+
+    def after_placement(self, ctx: ShiftContext, rng: np.random.Generator, scratch: dict) -> dict[str, Any]:
+        # Backends with their own samplers: move every free-floating object horizontally by up to
+        # the magnitude (objects keep their height, so they still rest on their support).
+        model, data, moved = ctx.model, ctx.data, {}
+        for body in ctx.movable_bodies:
+            joint = int(model.body_jntadr[body])
+            if joint < 0 or model.jnt_type[joint] != 0:  # 0: mjJNT_FREE
+                continue
+            offset = rng.uniform(-self.magnitude, self.magnitude, 2)
+            address = int(model.jnt_qposadr[joint])
+            data.qpos[address : address + 2] += offset
+            moved[model.body(body).name or f"body{body}"] = offset.tolist()
+        return {"offsets": moved}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 # MuJoCo's Python bindings are a compiled module without type stubs: pyright cannot see its functions.
 # pyright: reportAttributeAccessIssue=false
-"""Meta-World v3 behind the lbm schema: seeded resets, shifts, rendering and scripted experts.
+"""Meta-World v3 behind the simulator contract: seeded resets, shifts, rendering and scripted experts.
 
-:func:`make_env` builds a :class:`SimEnv` for one task. ``reset(seed)`` fully determines the
+:func:`lbm.sim.make_env` builds a :class:`MetaWorldEnv` for one task. ``reset(seed)`` fully determines the
 initial condition from ``(task, seed, shifts)``: Meta-World ignores ``reset(seed=)``, so the env
 draws the initial-condition vector (object and goal positions) itself, with a numpy generator
 seeded by the task name and the seed, through Meta-World's own rejection loop (some tasks reject
@@ -22,17 +22,18 @@ import warnings
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
 from lbm.schema import Embodiment, Observation, Workspace
-from lbm.sim.registry import TaskSpec, get_task
-from lbm.sim.shifts import Shift, ShiftContext, parse_shifts
+from lbm.sim.base import RenderConfig, StepResult, TaskSpec
+from lbm.sim.shifts import Shift, ShiftContext
 
 MAX_METAWORLD_STEPS = 500  # Meta-World raises ValueError on step 501
+SUCCESS_ATOM = "success()"
 
 _META_CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 # Free (not model-defined) cameras. "front" looks at the workspace from the front-left corner of
@@ -92,41 +93,11 @@ class MocapActuation:
     """Upper corner of the task's mocap box."""
 
 
-@dataclass(frozen=True)
-class RenderConfig:
-    """Offscreen rendering quality. The defaults are the fast settings for CPU rendering."""
-
-    shadows: bool = False
-    """Render shadows (Meta-World's 4096 px shadow map; ~5x slower on CPU)."""
-    reflections: bool = False
-    """Render the reflective table top (a second scene pass)."""
-    antialias: bool = False
-    """Multisample anti-aliasing (Meta-World's 4 samples)."""
-    skybox: bool = False
-    """Draw the skybox behind the scene."""
-
-
-@dataclass
-class StepResult:
-    """What one :meth:`SimEnv.step` returns."""
-
-    observation: Observation
-    """Observation after the step."""
-    reward: float
-    """Meta-World's dense shaped reward (0..10)."""
-    success: bool
-    """True when the task is solved at this step."""
-    done: bool
-    """True on success or when the step limit is reached; reset before stepping again."""
-    info: dict = field(default_factory=dict)
-    """Meta-World's info plus ``truncated``, ``executed_action`` and ``shifts``."""
-
-
 # Envs holding a renderer. An EGL renderer still open when the interpreter tears down prints
 # EGLError tracebacks; closing the forgotten ones at exit keeps scripts' output clean. The hook is
 # registered after the first renderer exists, so that it runs before MuJoCo's own exit hook
 # (atexit is last-in, first-out) terminates the EGL display.
-_RENDERING: weakref.WeakSet[SimEnv] = weakref.WeakSet()
+_RENDERING: weakref.WeakSet[MetaWorldEnv] = weakref.WeakSet()
 _exit_hook_registered = False
 
 
@@ -140,8 +111,8 @@ def _task_key(task: str) -> int:
     return zlib.crc32(task.encode())
 
 
-class SimEnv:
-    """One Meta-World task behind the lbm schema. Build it with :func:`make_env`."""
+class MetaWorldEnv:
+    """One Meta-World task behind the simulator contract (:class:`lbm.sim.SimEnv`)."""
 
     EDITABLE_MODEL_FIELDS = (
         "geom_friction", "body_mass", "body_inertia", "geom_rgba", "mat_rgba",
@@ -215,7 +186,7 @@ class SimEnv:
         self._shift_scratch: dict[str, dict] = {}
         self._true_state: np.ndarray | None = None
         self._renderer = None
-        self._done = True
+        self._done, self._success = True, False
         if not self.render_config.shadows:
             self.model.vis.quality.shadowsize = 0
         if not self.render_config.antialias:
@@ -270,18 +241,21 @@ class SimEnv:
         )
 
     # ---- episode ----------------------------------------------------------------------------
-    def reset(self, seed: int, instruction: str | None = None) -> Observation:
+    def reset(self, seed: int, instruction: str | None = None, *, init_state: int | None = None) -> Observation:
         """Start an episode whose initial condition is fully determined by (task, seed, shifts).
 
         ``instruction`` defaults to the task's canonical instruction; pass a paraphrase to test
-        language generalization. Returns the first :class:`Observation`.
+        language generalization. Meta-World has no fixed initial states (``init_state`` must be
+        None). Returns the first :class:`Observation`.
         """
         import mujoco
 
+        if init_state is not None:
+            raise LbmError(f"{self.task}: Meta-World tasks have no fixed initial states; reset from a seed instead.")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise LbmError(f"reset(seed=...) needs a non-negative integer seed, got {seed!r}. Use lbm.sim.eval_seed().")
         seed = int(seed)
-        self.seed, self.steps, self._done = seed, 0, False
+        self.seed, self.steps, self._done, self._success = seed, 0, False, False
         self.instruction = self.spec.instruction if instruction is None else str(instruction)
         task_key = _task_key(self.task)
 
@@ -336,6 +310,7 @@ class SimEnv:
             state, reward, _, _, info = self._env.step(executed)
         self.steps += 1
         success = bool(info.get("success", 0.0))
+        self._success = success
         truncated = self.steps >= min(self.max_steps, MAX_METAWORLD_STEPS)
         self._done = success or truncated
         info = {k: (float(v) if isinstance(v, (np.floating, float, int, bool)) else v) for k, v in info.items()}
@@ -350,6 +325,19 @@ class SimEnv:
             warnings.simplefilter("ignore")
             action = self._expert.get_action(self._true_state)
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+
+    def expert_subtask(self) -> tuple[int, str]:
+        """Meta-World tasks are one skill each: subtask 0, the task's canonical instruction."""
+        return 0, self.spec.instruction
+
+    def predicates(self) -> dict[str, bool]:
+        """Meta-World has no symbolic layer: the one atom ``success()``, its success flag at the last step."""
+        return {SUCCESS_ATOM: self._success}
+
+    @property
+    def goal(self) -> tuple[str, ...]:
+        """``("success()",)``."""
+        return (SUCCESS_ATOM,)
 
     def _observe(self, state: np.ndarray) -> Observation:
         self._true_state = np.array(state, dtype=np.float64)
@@ -416,7 +404,7 @@ class SimEnv:
             self._renderer = None
         _RENDERING.discard(self)
 
-    def __enter__(self) -> SimEnv:
+    def __enter__(self) -> MetaWorldEnv:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -425,38 +413,23 @@ class SimEnv:
     def __repr__(self) -> str:
         shifts = ",".join(s.spec for s in self.shifts) or "none"
         return (
-            f"SimEnv({self.task!r}, cameras={self.cameras}, image_size={self.image_size}, shifts={shifts!r}, "
+            f"MetaWorldEnv({self.task!r}, cameras={self.cameras}, image_size={self.image_size}, shifts={shifts!r}, "
             f"max_steps={self.max_steps})"
         )
 
 
-def make_env(
-    task: str,
+EMBODIMENTS = {METAWORLD_EMBODIMENT.name: METAWORLD_EMBODIMENT}
+"""The embodiments of this suite, by name."""
+
+
+def build(
+    spec: TaskSpec,
     *,
     cameras: Sequence[str] = (),
     image_size: int = 96,
-    shifts: str | Sequence[Shift] = (),
+    shifts: Sequence[Shift] = (),
     render: RenderConfig | None = None,
     max_steps: int | None = None,
-) -> SimEnv:
-    """Build a :class:`SimEnv` for ``task`` (Meta-World name, ``-v3`` optional).
-
-    ``cameras``: names from ``METAWORLD_EMBODIMENT.cameras`` to render into every observation
-    (none: state only). ``image_size``: side S of the square uint8 ``(S, S, 3)`` images.
-    ``shifts``: a spec such as ``"obs_noise:low,friction:high"`` or :class:`Shift` objects.
-    ``max_steps``: episode limit (default: the task's, at most 500).
-    """
-    spec = get_task(task)
-    if isinstance(cameras, str):
-        cameras = [c for c in cameras.split(",") if c.strip()]
-    cameras = tuple(c.strip() for c in cameras)
-    for cam in cameras:
-        if cam not in METAWORLD_EMBODIMENT.cameras:
-            raise did_you_mean(cam, METAWORLD_EMBODIMENT.cameras, "camera")
-    if len(set(cameras)) != len(cameras):
-        raise LbmError(f"Camera list {list(cameras)} names a camera twice; give each camera once.")
-    if not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
-        raise LbmError(f"image_size must be an integer between 8 and 1024 pixels, got {image_size!r}.")
-    return SimEnv(
-        spec, cameras=cameras, image_size=int(image_size), shifts=parse_shifts(shifts), render=render, max_steps=max_steps
-    )
+) -> MetaWorldEnv:
+    """The backend entry point :func:`lbm.sim.make_env` calls for Meta-World tasks (arguments validated there)."""
+    return MetaWorldEnv(spec, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps)
