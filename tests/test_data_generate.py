@@ -109,3 +109,48 @@ def test_interrupted_generation_leaves_no_complete_looking_dataset(tmp_path):
     for partial in tmp_path.glob(".demos.partial-*"):
         with pytest.raises(LbmError, match="info.json is missing"):
             EpisodeDataset(partial)
+
+
+def test_a_killed_generation_resumes_without_rerunning_finished_episodes(tmp_path):
+    out, staging = tmp_path / "resume", tmp_path / ".resume.episodes"
+    args = ["--tasks", "reach,button-press", "--episodes-per-task", "8", "--workers", "1"]
+    code = f"import sys; from lbm.cli import main; sys.exit(main(['data','generate',*{args!r},'--out',{str(out)!r}]))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(staging.glob("*.npz"))) < 5:  # one unit of 5 episodes finished
+        time.sleep(0.05)
+    proc.kill()  # no chance to clean up
+    proc.wait()
+    finished = len(list(staging.glob("*.npz")))
+    assert not out.exists() and 5 <= finished < 16
+
+    summary = generate_demos(["reach-v3", "button-press"], 8, out, workers=1, progress=False)
+    assert summary.resumed == finished  # nothing finished was simulated again
+    assert not staging.exists()  # cleaned up once the dataset is complete
+    fresh = generate_demos(["reach-v3", "button-press"], 8, tmp_path / "fresh", workers=1, progress=False)
+    a, b = EpisodeDataset(out), EpisodeDataset(tmp_path / "fresh")
+    assert fresh.resumed == 0 and summary.episodes == fresh.episodes and a.num_frames == b.num_frames
+    np.testing.assert_array_equal(a.frames(STATE), b.frames(STATE))  # resumed = generated in one go
+
+    # Staged episodes of other settings are never mixed in.
+    staging = tmp_path / ".other.episodes"
+    staging.mkdir()
+    (staging / "settings.json").write_text('{"tasks": ["push-v3"]}')
+    (staging / "0000-000000.npz").write_bytes(b"junk")
+    generate_demos(["reach-v3"], 1, tmp_path / "other", workers=1, progress=False)
+    assert EpisodeDataset(tmp_path / "other").num_episodes == 1 and not staging.exists()
+
+    # A staged episode that cannot be read (settings match) is a clear error, never a traceback.
+    staging = tmp_path / ".damaged.episodes"
+    staging.mkdir()
+    (staging / "settings.json").write_text(
+        json.dumps(
+            {"tasks": ["reach-v3"], "cameras": [], "image_size": 96, "max_steps": None, "paraphrases": False, "seed_offset": 0},
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    (staging / "0000-000000.npz").write_bytes(b"junk")
+    with pytest.raises(LbmError, match="unreadable"):
+        generate_demos(["reach-v3"], 1, tmp_path / "damaged", workers=1, progress=False)

@@ -329,3 +329,49 @@ print(json.dumps(dump(LeRobotDataset("local/theirs", root={str(root)!r}, video_b
     assert diff.max() <= 2, f"lbm and LeRobot decode LeRobot's AV1 video differently (max diff {diff.max()})"
     levels = front.reshape(n, -1).mean(1) - front[0].reshape(-1).mean()
     np.testing.assert_allclose(levels, 9 * g, atol=3)  # every frame is the right one, in order
+
+
+def test_lerobot_reads_a_libero_dataset_with_subtasks_and_atoms(tmp_path, lerobot_python):
+    """`lbm data generate --tasks libero-goal --episodes-per-task 2` (with a small camera), read by LeRobot:
+    the subtask index and the bit-packed atoms come through as ordinary per-frame features."""
+    pytest.importorskip("libero", reason="LIBERO is an optional extra: pip install 'lbm[libero]'")
+    from lbm.data import generate_demos
+    from lbm.data.audit import audit_dataset
+    from lbm.data.dataset import ATOMS, SUBTASK_INDEX
+
+    root = tmp_path / "libero-goal"
+    from lbm.sim import resolve_tasks
+
+    summary = generate_demos(
+        resolve_tasks("libero-goal"),
+        2,
+        root,
+        cameras=("agentview",),
+        image_size=32,
+        workers=2,
+        progress=False,
+    )
+    assert summary.episodes >= len(summary.tasks)  # the expert may drop an episode; never a whole task
+    assert audit_dataset(root).ok
+    code = (
+        DUMP
+        + f"""
+import json
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+ds = LeRobotDataset("local/libero", root={str(root)!r}, video_backend="pyav")
+meta = dump(ds, {str(tmp_path / "lerobot.npz")!r})
+meta["features"] = sorted(ds.meta.features)
+print(json.dumps(meta))
+"""
+    )
+    meta = _run(lerobot_python, code, tmp_path / "home")
+    got = np.load(tmp_path / "lerobot.npz")
+    ours = EpisodeDataset(root)
+    assert {SUBTASK_INDEX, ATOMS} <= set(meta["features"]) and meta["len"] == ours.num_frames
+    np.testing.assert_array_equal(got[SUBTASK_INDEX].reshape(-1), ours.frame_subtasks())
+    assert meta["tasks"] == ours.tasks  # whole-task and subtask instructions share LeRobot's task table
+    for e in range(ours.num_episodes):
+        start, end = ours.episode_bounds(e)
+        names, atoms = ours.atoms(e)
+        bits = np.unpackbits(got[ATOMS][start:end].astype(np.uint8), axis=1, count=len(names), bitorder="little")
+        np.testing.assert_array_equal(bits.astype(bool), atoms)

@@ -70,6 +70,11 @@ TASKS_PATH = "meta/tasks.parquet"
 VIDEO_CODEC = "libx264"  # h264 decodes everywhere (PyAV, torchcodec, browsers); AV1 decoders are not
 VIDEO_CRF = 12  # near-lossless at 96 px: decoded frames are within a few gray levels of the originals
 
+SUBTASK_INDEX = "subtask_index"
+"""Per-frame index into the task table of the subtask instruction being carried out."""
+ATOMS = "atoms"
+"""Per-frame symbolic state: the atoms of ``info.json["lbm"]["atoms"][sim_task]``, bit-packed (little bit order)."""
+
 _INDEX_FEATURES = {
     TIMESTAMP: {"dtype": "float32", "shape": [1], "names": None},
     FRAME_INDEX: {"dtype": "int64", "shape": [1], "names": None},
@@ -143,6 +148,10 @@ class DatasetWriter:
         self._states: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._task_of_frame: list[np.ndarray] = []
+        self._subtask_of_frame: list[np.ndarray] = []
+        self._atoms: list[np.ndarray] = []
+        self._atom_names: dict[str, tuple[str, ...]] = {}
+        self._symbolic = (False, False)
         self._episodes: list[dict[str, Any]] = []
         self._tasks: dict[str, int] = {}
         self._png: dict[str, list[bytes]] = {c: [] for c in self.cameras}
@@ -161,8 +170,18 @@ class DatasetWriter:
         images: Mapping[str, np.ndarray] | None = None,
         sim_task: str = "",
         seed: int = -1,
+        subtasks: Sequence[str] | None = None,
+        atoms: np.ndarray | None = None,
+        atom_names: Sequence[str] | None = None,
     ) -> int:
-        """Append one episode; returns its episode index. ``task`` is its instruction string."""
+        """Append one episode; returns its episode index. ``task`` is its instruction string.
+
+        Long-horizon demonstrations also carry, per frame, the instruction of the subtask being
+        done (``subtasks``, L strings: stored as ``subtask_index`` into the task table, beside the
+        whole-task ``task_index``) and the symbolic state (``atoms``, ``(L, K)`` bool over
+        ``atom_names``: stored bit-packed as ``atoms``, the names per ``sim_task`` in ``info.json``).
+        Either every episode of a dataset carries them or none does.
+        """
         states = np.asarray(states, np.float32)
         actions = np.asarray(actions, np.float32)
         emb = self.embodiment
@@ -176,8 +195,27 @@ class DatasetWriter:
         images = dict(images or {})
         if set(images) != set(self.cameras):
             raise LbmError(f"Episode images are for cameras {sorted(images)} but the writer expects {list(self.cameras)}.")
+        symbolic = subtasks is not None, atoms is not None
+        if self._episodes and symbolic != self._symbolic:
+            raise LbmError(
+                f"Episode {len(self._episodes)} {'carries' if any(symbolic) else 'lacks'} subtask labels or atoms but the "
+                "first episode did not: either every episode of a dataset has them or none does."
+            )
+        self._symbolic = symbolic
+        if subtasks is not None and len(subtasks) != length:
+            raise LbmError(f"subtasks must name one subtask instruction per frame ({length}), got {len(subtasks)}.")
+        if atoms is not None:
+            atoms = np.asarray(atoms, bool)
+            names = tuple(atom_names or ())
+            if atoms.ndim != 2 or atoms.shape != (length, len(names)):
+                raise LbmError(f"atoms must be ({length}, {len(names)}) booleans over atom_names, got {atoms.shape}.")
+            if self._atom_names.setdefault(sim_task, names) != names:
+                raise LbmError(f"The atoms of {sim_task!r} changed between episodes; one task's scene grounds one atom list.")
+            self._atoms.append(np.packbits(atoms, axis=1, bitorder="little"))
         ep = len(self._episodes)
         task_index = self._tasks.setdefault(task, len(self._tasks))
+        if subtasks is not None:
+            self._subtask_of_frame.append(np.array([self._tasks.setdefault(s, len(self._tasks)) for s in subtasks], np.int64))
         row: dict[str, Any] = {
             EPISODE_INDEX: ep,
             "tasks": [task],
@@ -272,6 +310,11 @@ class DatasetWriter:
             INDEX: pa.array(np.arange(n, dtype=np.int64)),
             TASK_INDEX: pa.array(np.concatenate(self._task_of_frame)),
         }
+        if self._subtask_of_frame:
+            columns[SUBTASK_INDEX] = pa.array(np.concatenate(self._subtask_of_frame))
+        if self._atoms:
+            width = max(a.shape[1] for a in self._atoms)
+            columns[ATOMS] = _fixed_list(np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in self._atoms]))
         if not self.video:
             img_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
             for cam in self.cameras:
@@ -331,6 +374,12 @@ class DatasetWriter:
                 }
             features[image_key(cam)] = ft
         features.update(_INDEX_FEATURES)
+        extra = dict(self.extra_info)
+        if self._subtask_of_frame:
+            features[SUBTASK_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
+        if self._atoms:
+            features[ATOMS] = {"dtype": "uint8", "shape": [max(a.shape[1] for a in self._atoms)], "names": None}
+            extra["atoms"] = {task: list(names) for task, names in self._atom_names.items()}
         n_eps = len(self._episodes)
         return {
             "codebase_version": CODEBASE_VERSION,
@@ -346,7 +395,7 @@ class DatasetWriter:
             "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if (self.video and self.cameras) else None,
             "features": features,
-            "lbm": {"embodiment": emb.to_json(), "format": 1, **self.extra_info},
+            "lbm": {"embodiment": emb.to_json(), "format": 1, **extra},
         }
 
     def abort(self) -> None:
@@ -422,14 +471,14 @@ def _read_parquet(path: Path, what: str, columns: Sequence[str] | None = None) -
         raise LbmError(f"Dataset file {path} ({what}) is corrupt or unreadable ({e}). Regenerate or re-download it.") from None
 
 
-def _list_column(table: pa.Table, key: str, width: int) -> np.ndarray:
-    """A list column (fixed or variable length) -> (N, width) float32."""
+def _list_column(table: pa.Table, key: str, width: int, dtype: type = np.float32) -> np.ndarray:
+    """A list column (fixed or variable length) -> (N, width) of ``dtype``."""
     col = table.column(key).combine_chunks()
     if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         flat = col.flatten().to_numpy(zero_copy_only=False)
     else:  # a scalar feature of shape (1,)
         flat = col.to_numpy(zero_copy_only=False)
-    return np.asarray(flat, np.float32).reshape(-1, width)
+    return np.asarray(flat, dtype).reshape(-1, width)
 
 
 class EpisodeDataset:
@@ -525,7 +574,7 @@ class EpisodeDataset:
                 if not p.is_file():
                     raise LbmError(f"Dataset file {p} (frame data) is missing; the dataset is incomplete. Regenerate it.")
         del wanted
-        scalar_cols = [STATE, ACTION, INDEX, EPISODE_INDEX, FRAME_INDEX, TIMESTAMP, TASK_INDEX]
+        scalar_cols = [STATE, ACTION, INDEX, EPISODE_INDEX, FRAME_INDEX, TIMESTAMP, TASK_INDEX, SUBTASK_INDEX, ATOMS]
         tables = []
         for p in paths:
             t = _read_parquet(p, "frame data", columns=None)
@@ -538,8 +587,8 @@ class EpisodeDataset:
         index = table.column(INDEX).to_numpy()
         order = np.argsort(index, kind="stable") if np.any(np.diff(index) < 0) else None
 
-        def col(key: str, width: int | None = None) -> np.ndarray:
-            a = _list_column(table, key, width) if width else table.column(key).to_numpy()
+        def col(key: str, width: int | None = None, dtype: type = np.float32) -> np.ndarray:
+            a = _list_column(table, key, width, dtype) if width else table.column(key).to_numpy()
             a = a[order] if order is not None else a
             a.flags.writeable = False  # shared by every window and worker: nobody may edit it in place
             return a
@@ -552,6 +601,9 @@ class EpisodeDataset:
         self._frame_index = col(FRAME_INDEX) if FRAME_INDEX in table.column_names else np.zeros(n, np.int64)
         self._timestamp = col(TIMESTAMP) if TIMESTAMP in table.column_names else np.zeros(n, np.float32)
         self._task_index = col(TASK_INDEX) if TASK_INDEX in table.column_names else np.zeros(n, np.int64)
+        self._subtask_index = col(SUBTASK_INDEX) if SUBTASK_INDEX in table.column_names else None
+        atoms = self.features.get(ATOMS)
+        self._atoms = col(ATOMS, atoms["shape"][0], np.uint8) if atoms and ATOMS in table.column_names else None
         self.num_frames = n
         # Row range of each episode, from the global frame indices the episode table names.
         starts = np.searchsorted(self._index, self._episodes["dataset_from_index"].to_numpy())
@@ -630,6 +682,31 @@ class EpisodeDataset:
         if sim_task not in set(names):
             raise did_you_mean(sim_task, set(names), "task in this dataset")
         return [int(i) for i in np.flatnonzero(names.to_numpy() == sim_task)]
+
+    @property
+    def has_subtasks(self) -> bool:
+        """Whether frames carry subtask instructions (long-horizon demonstrations)."""
+        return self._subtask_index is not None
+
+    def subtask_instructions(self, i: int) -> list[str]:
+        """Per frame of episode ``i``: the instruction of the subtask being carried out."""
+        i = self._check_episode(i)
+        return [self.tasks[int(k)] for k in self.frame_subtasks()[self._starts[i] : self._ends[i]]]
+
+    def frame_subtasks(self) -> np.ndarray:
+        """Per frame of the dataset: the index into :attr:`tasks` of its subtask instruction (read-only)."""
+        if self._subtask_index is None:
+            raise LbmError(f"{self.root} carries no subtask labels; generate it from a long-horizon suite (e.g. libero-10).")
+        return self._subtask_index
+
+    def atoms(self, i: int) -> tuple[tuple[str, ...], np.ndarray]:
+        """The symbolic state of every frame of episode ``i``: atom names and a ``(L, K)`` bool array."""
+        i = self._check_episode(i)
+        names = tuple(((self.info.get("lbm") or {}).get("atoms") or {}).get(self.episode_sim_task(i), ()))
+        if self._atoms is None or not names:
+            raise LbmError(f"{self.root} carries no symbolic state for episode {i}; generate it from a LIBERO suite.")
+        packed = self._atoms[self._starts[i] : self._ends[i]]
+        return names, np.unpackbits(packed, axis=1, count=len(names), bitorder="little").astype(bool)
 
     def episode_bounds(self, i: int) -> tuple[int, int]:
         """Row range ``[start, end)`` of episode ``i`` in :meth:`frames` arrays."""

@@ -9,22 +9,32 @@ worker processes).
 Only successful episodes are kept; failures are counted per task and reported (the episode
 indices simply skip them, no retry with other seeds, so ``--episodes-per-task`` is an upper bound).
 Each frame records ``(observation_t, action_t)``: the observation the expert acted on and the
-action it took.
+action it took. Tasks with a symbolic goal (LIBERO) also record, per frame, the expert's subtask
+instruction and the grounded symbolic state (see :meth:`lbm.data.DatasetWriter.add_episode`).
+
+Resuming. Every finished episode (kept or failed) is saved at once into a staging folder beside
+the output (``.NAME.episodes``); an interrupted generation run again with the same arguments loads
+those instead of simulating them again, and the staging folder is deleted once the dataset is
+complete. LIBERO episodes cost seconds each: a kill never costs more than the episodes in flight.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import shutil
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lbm.errors import LbmError
+from lbm.files import write_json_atomic
 from lbm.processes import exit_with_parent
 
 EPISODES_PER_UNIT = 5  # episodes a worker runs per work unit: fine-grained progress, env reused within a unit
@@ -60,6 +70,8 @@ class GenerateSummary:
     """Wall-clock time of the whole generation."""
     failed_episodes: tuple[tuple[str, int], ...] = field(default=())
     """``(task, episode index)`` of every dropped episode."""
+    resumed: int = 0
+    """Episodes (kept or failed) loaded from an interrupted run's staging folder instead of simulated."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (stored in ``info.json["lbm"]["generation"]``)."""
@@ -122,11 +134,19 @@ def _run_unit(unit: _Unit) -> list[dict[str, Any]]:
     for k in unit.episodes:
         seed = demo_seed(unit.task, unit.seed_offset + k)
         obs = env.reset(seed=seed)
-        states, actions = [], []
+        symbolic = bool(env.spec.goal)
+        states, actions, subtasks, atoms = [], [], [], []
         frames: dict[str, list[np.ndarray]] = {c: [] for c in unit.cameras}
         success = False
+        names: list[str] = []
         while True:
+            if symbolic:
+                truth = env.predicates()
+                names = names or list(truth)
+                atoms.append([truth[a] for a in names])
             action = np.asarray(env.expert_action(), np.float32)
+            if symbolic:
+                subtasks.append(env.expert_subtask()[1])  # after the action: the subtask it belongs to
             states.append(obs.state)
             actions.append(action)
             for cam in unit.cameras:
@@ -146,9 +166,75 @@ def _run_unit(unit: _Unit) -> list[dict[str, Any]]:
                 "states": np.stack(states).astype(np.float32),
                 "actions": np.stack(actions).astype(np.float32),
                 "images": {c: np.stack(v) for c, v in frames.items()},
+                "subtasks": subtasks if symbolic else None,
+                "atoms": np.array(atoms, bool).reshape(len(states), len(names)) if symbolic else None,
+                "atom_names": names,
             }
         )
     return results
+
+
+class _Staging:
+    """Finished episodes of an interrupted generation, one ``.npz`` each (never pickles)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.root = out.parent / f".{out.name}.episodes"
+        self.settings = settings
+        stamp = self.root / "settings.json"
+        if self.root.is_dir():
+            try:
+                same = json.loads(stamp.read_text()) == settings
+            except (OSError, ValueError):
+                same = False
+            if not same:  # episodes of other settings would silently mix into this dataset
+                shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stamp, settings)
+        self.resumed = 0
+
+    def _path(self, task: str, episode: int) -> Path:
+        return self.root / f"{self.settings['tasks'].index(task):04d}-{episode:06d}.npz"
+
+    def missing(self, unit: _Unit) -> _Unit | None:
+        """The part of ``unit`` still to simulate (None: every episode is staged)."""
+        todo = tuple(k for k in unit.episodes if not self._path(unit.task, k).is_file())
+        return replace(unit, episodes=todo) if todo else None
+
+    def save(self, r: dict[str, Any]) -> None:
+        meta = {k: r[k] for k in ("task", "episode", "seed", "success", "instruction", "atom_names")}
+        arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta))}
+        if r["success"]:
+            arrays |= {"states": r["states"], "actions": r["actions"], **{f"image.{c}": v for c, v in r["images"].items()}}
+            if r["subtasks"] is not None:
+                arrays |= {"subtasks": np.array(r["subtasks"]), "atoms": r["atoms"]}
+        path = self._path(r["task"], r["episode"])
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)  # a kill mid-write leaves no half episode
+
+    def load(self, unit: _Unit, episodes: Sequence[int]) -> list[dict[str, Any]]:
+        out = []
+        for k in episodes:
+            path = self._path(unit.task, k)
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    r: dict[str, Any] = json.loads(str(f["meta"]))
+                    r["images"] = {c: f[f"image.{c}"] for c in unit.cameras} if r["success"] else {}
+                    for key in ("states", "actions", "atoms"):
+                        r[key] = f[key] if key in f else None
+                    r["subtasks"] = [str(x) for x in f["subtasks"]] if "subtasks" in f else None
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+                raise LbmError(
+                    f"The staged episode {path} of an interrupted generation is unreadable ({error}). Delete {self.root} "
+                    "to simulate its episodes again, then rerun the command."
+                ) from None
+            out.append(r)
+        self.resumed += len(out)
+        return out
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -158,15 +244,27 @@ def _worker_init(parent_pid: int) -> None:
     import lbm  # noqa: F401  (sets MUJOCO_GL before MuJoCo is imported)
 
 
-def _results(units: list[_Unit], workers: int) -> Iterator[list[dict[str, Any]]]:
-    if workers <= 1:
-        for unit in units:
-            yield _run_unit(unit)
+def _results(units: list[_Unit], workers: int, staging: _Staging) -> Iterator[list[dict[str, Any]]]:
+    """Each unit's results in unit order: staged episodes loaded, the others simulated (and staged)."""
+    parts = [staging.missing(u) for u in units]
+    todo = [p for p in parts if p is not None]
+    if workers <= 1 or len(todo) <= 1:
+        yield from _merge(units, parts, map(_run_unit, todo), staging)
         return
     # spawn, not fork: a forked child would inherit the parent's threads (Arrow, OpenMP) mid-state.
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+    with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         # imap keeps submission order: the dataset is the same whatever the worker count.
-        yield from pool.imap(_run_unit, units, chunksize=1)
+        yield from _merge(units, parts, pool.imap(_run_unit, todo, chunksize=1), staging)
+
+
+def _merge(units: list[_Unit], parts: list[_Unit | None], fresh: Iterator[list[dict[str, Any]]], staging: _Staging):
+    for unit, part in zip(units, parts):
+        new = next(fresh) if part is not None else []
+        for r in new:
+            staging.save(r)
+        simulated = set(part.episodes) if part is not None else set()
+        old = staging.load(unit, [k for k in unit.episodes if k not in simulated])
+        yield sorted(old + new, key=lambda r: r["episode"])
 
 
 def generate_demos(
@@ -193,7 +291,7 @@ def generate_demos(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from lbm.data.dataset import DatasetWriter
-    from lbm.sim import get_task, make_env
+    from lbm.sim import embodiment_of, get_task, make_env
 
     if episodes_per_task < 1:
         raise LbmError(f"episodes_per_task must be at least 1, got {episodes_per_task}.")
@@ -209,6 +307,16 @@ def generate_demos(
     cameras = tuple(cameras)
     out = Path(out)
 
+    bodies = {t: embodiment_of(t).name for t in tasks}
+    if len(set(bodies.values())) > 1:
+        by_body: dict[str, list[str]] = {}
+        for t, b in bodies.items():
+            by_body.setdefault(b, []).append(t)
+        raise LbmError(
+            "A dataset holds one robot body; these tasks need "
+            + "; ".join(f"{b} ({', '.join(ts[:3])}{', ...' if len(ts) > 3 else ''})" for b, ts in by_body.items())
+            + ". Generate one dataset per body and train on them together (--data.roots A B)."
+        )
     # One env in this process to learn the embodiment and to reject unknown cameras early.
     probe = make_env(tasks[0], cameras=cameras, image_size=image_size)
     embodiment = probe.embodiment
@@ -234,6 +342,19 @@ def generate_demos(
     writer = DatasetWriter(out, embodiment, cameras=cameras, video=video, overwrite=overwrite)
     for line in writer.recovered:
         print(f"[lbm data generate] {out}: {line}")
+    settings = {
+        "tasks": tasks,
+        "cameras": list(cameras),
+        "image_size": image_size,
+        "max_steps": max_steps,
+        "paraphrases": paraphrases,
+        "seed_offset": seed_offset,
+    }
+    try:
+        staging = _Staging(out, settings)
+    except (OSError, LbmError) as e:
+        writer.abort()
+        raise LbmError(f"Cannot create the staging folder beside {out} ({e}); choose a writable --out folder.") from None
     columns = (
         TextColumn("[bold]demos"),
         BarColumn(),
@@ -245,11 +366,19 @@ def generate_demos(
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             job = bar.add_task("demos", total=total, failed=0)
-            for results in _results(units, workers):
+            for results in _results(units, workers, staging):
                 for r in results:
                     if r["success"]:
                         writer.add_episode(
-                            r["states"], r["actions"], r["instruction"], images=r["images"], sim_task=r["task"], seed=r["seed"]
+                            r["states"],
+                            r["actions"],
+                            r["instruction"],
+                            images=r["images"],
+                            sim_task=r["task"],
+                            seed=r["seed"],
+                            subtasks=r["subtasks"],
+                            atoms=r["atoms"],
+                            atom_names=r["atom_names"],
                         )
                         kept[r["task"]].append(len(r["states"]))
                     else:
@@ -268,7 +397,7 @@ def generate_demos(
                 "(some tasks need up to 300 steps) or check the task names."
             )
         summary = GenerateSummary(
-            out, per_task, n_eps, sum(sum(v) for v in kept.values()), time.perf_counter() - start, tuple(failed)
+            out, per_task, n_eps, sum(sum(v) for v in kept.values()), time.perf_counter() - start, tuple(failed), staging.resumed
         )
         writer.extra_info["generation"] = {
             "tasks": tasks,
@@ -285,10 +414,17 @@ def generate_demos(
     except OSError as e:
         writer.abort()
         raise LbmError(
-            f"Writing the dataset to {out} failed ({e}); nothing was left behind. Free disk space or choose "
-            "another --out folder, then run the command again."
+            f"Writing the dataset to {out} failed ({e}); nothing that looks like a dataset was left behind. Free disk "
+            f"space or choose another --out folder, then run the command again (finished episodes in {staging.root} are reused)."
         ) from e
     except BaseException:
         writer.abort()  # interrupted or failed: nothing that looks like a dataset is left behind
+        if any(staging.root.glob("*.npz")):
+            print(
+                f"[lbm data generate] interrupted: finished episodes are kept in {staging.root}; run the same command to resume."
+            )
         raise
+    if staging.resumed:
+        print(f"[lbm data generate] resumed: {staging.resumed} episodes came from the interrupted run's {staging.root.name}.")
+    staging.discard()
     return summary

@@ -6,7 +6,9 @@ One item per frame ``t`` of the selected episodes. With history ``H`` and horizo
   first frame and are marked ``True`` in ``observation.state_is_pad (H,)``;
 * ``action (T, A)``: actions ``t .. t+T-1``; steps past the episode end repeat the last action
   and are marked in ``action_is_pad (T,)``;
-* ``observation.images.<cam> (H, h, w, 3)`` uint8 for each requested camera (same steps as state).
+* ``observation.images.<cam> (H, h, w, 3)`` uint8 for each requested camera (same steps as state);
+* ``instruction``: the episode's instruction or, for a fixed ``subtask_instructions`` fraction of
+  the windows of a dataset with subtask labels, the instruction of the subtask frame ``t`` is in.
 
 Values are raw (unnormalized): the policy normalizes with the stats stored in its checkpoint.
 """
@@ -48,6 +50,7 @@ class WindowDataset:
         horizon: int = 16,
         episodes: Sequence[int] | None = None,
         cameras: Sequence[str] = (),
+        subtask_instructions: float = 0.0,
     ) -> None:
         if history < 1 or horizon < 1:
             raise LbmError(f"history and horizon must be >= 1, got history={history}, horizon={horizon}.")
@@ -77,6 +80,14 @@ class WindowDataset:
         self._start = bounds[self._ep_pos, 0] if len(eps) else self._row
         self._end = bounds[self._ep_pos, 1] if len(eps) else self._row
         self._instruction = [dataset.episode_task(e) for e in eps]
+        if not 0.0 <= subtask_instructions <= 1.0:
+            raise LbmError(f"subtask_instructions is a fraction of windows in [0, 1], got {subtask_instructions}.")
+        # A fixed, seed-free choice per window (Knuth's multiplicative hash of its row): the same
+        # windows always get their subtask's instruction, so runs stay reproducible.
+        self._subtask_rows = np.zeros(len(self._row), bool)
+        if subtask_instructions > 0 and dataset.has_subtasks:
+            self._subtask_rows = (self._row * 2654435761 % 2**32) < subtask_instructions * 2**32
+            self._subtask = dataset.frame_subtasks()
         self._embodiment = dataset.embodiment.name
         self._state = dataset.frames(STATE)
         self._action = dataset.frames(ACTION)
@@ -103,7 +114,9 @@ class WindowDataset:
             STATE_PAD: state_pad,
             ACTION: self._action[t_rows],
             ACTION_PAD: action_pad,
-            INSTRUCTION: self._instruction[self._ep_pos[i]],
+            INSTRUCTION: self.dataset.tasks[int(self._subtask[row])]
+            if self._subtask_rows[i]
+            else self._instruction[self._ep_pos[i]],
             EMBODIMENT: self._embodiment,
             EPISODE_INDEX: ep,
             FRAME_INDEX: row - start,

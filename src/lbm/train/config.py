@@ -26,6 +26,9 @@ class DataConfig:
     """Seed of the episode order the fraction is taken from: subsets of one seed are nested."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
+    subtask_instructions: float = 0.0
+    """Fraction of training windows conditioned on their subtask's instruction instead of the whole
+    task's, for datasets that carry subtask labels (LIBERO); the rest keep the whole-task instruction."""
 
 
 @dataclass(frozen=True)

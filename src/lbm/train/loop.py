@@ -245,13 +245,16 @@ def train(config: TrainConfig) -> Path:
         split = ds.num_episodes - n_val
         H, T, cams = policy_cfg.history, policy_cfg.horizon, policy_cfg.cameras
         subset = episode_subset(split, config.data.fraction, config.data.subset_seed)
-        train_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=subset, cameras=cams))
+        sub = config.data.subtask_instructions
+        train_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=subset, cameras=cams, subtask_instructions=sub))
         if n_val:
             val_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=list(range(split, ds.num_episodes)), cameras=cams))
     train_data = Mixture(train_sets, weights=config.data.weights or None, balance_by_size=config.data.balance_by_size)
     val_data = Mixture(val_sets) if val_sets else None
     instructions = ckpt.load_instructions(config.finetune.init_from) if init else InstructionCache()
     instructions.ensure({ds.episode_task(i) for ds in datasets for i in range(ds.num_episodes)})
+    if config.data.subtask_instructions > 0:
+        instructions.ensure({ds.tasks[int(k)] for ds in datasets if ds.has_subtasks for k in np.unique(ds.frame_subtasks())})
 
     # ---- model, EMA, finetune variant ------------------------------------------------------------
     model = build_policy(policy_cfg, list(embodiments.values()), stats, instructions)
