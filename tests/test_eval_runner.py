@@ -43,6 +43,7 @@ class FakeEnv:
     """1-D point that must reach a goal; the initial position is a function of the seed only."""
 
     embodiment = EMB
+    spec = SimpleNamespace(goal=(), fixed_init_states=0)  # no symbolic goal, no fixed initial states
 
     def __init__(self, task: str, shifts: str = "none", max_steps: int | None = None, **_) -> None:
         self.task, self.goal, self.max_steps = task, FAKE_TASKS[task], max_steps or 40
@@ -96,6 +97,7 @@ def fake_sim(monkeypatch):
     monkeypatch.setattr(lbm.sim, "resolve_tasks", resolve_tasks, raising=False)
     monkeypatch.setattr(lbm.sim, "parse_shifts", parse_shifts, raising=False)
     monkeypatch.setattr(lbm.sim, "eval_seed", lambda task, trial: 2**30 + trial, raising=False)
+    monkeypatch.setattr(lbm.sim, "get_task", lambda task: FakeEnv.spec, raising=False)
 
 
 class NamedSpy:

@@ -45,6 +45,8 @@ class TrialItem:
     """Trial index within (task, shift): the pairing key."""
     seed: int
     """``lbm.sim.eval_seed(task, trial)``; identical for every policy."""
+    init_state: int | None = None
+    """The task's fixed initial state this trial starts from (LIBERO's evaluation protocol), or None."""
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -74,14 +76,23 @@ def blind_ids(names: list[str], seed: int) -> dict[str, str]:
 
 
 def make_schedule(
-    policy_ids: list[str], tasks: list[str], shifts: list[str], trials: int, seeds: dict[tuple[str, int], int], seed: int
+    policy_ids: list[str],
+    tasks: list[str],
+    shifts: list[str],
+    trials: int,
+    seeds: dict[tuple[str, int], int],
+    seed: int,
+    init_states: dict[str, int] | None = None,
 ) -> list[TrialItem]:
     """All ``(policy, task, shift, trial)`` items, interleaved in a random order fixed by ``seed``.
 
     ``seeds[(task, trial)]`` is the simulator seed of that trial, shared by every policy (pairing).
+    ``init_states[task]``: the number of fixed initial states of a task that ships them; trial ``i``
+    then starts from state ``i`` mod that number.
     """
+    fixed = init_states or {}
     items = [
-        TrialItem(p, t, s, i, int(seeds[(t, i)]))
+        TrialItem(p, t, s, i, int(seeds[(t, i)]), i % fixed[t] if fixed.get(t) else None)
         for p in sorted(policy_ids)
         for t in tasks
         for s in shifts

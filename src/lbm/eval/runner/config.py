@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -49,6 +49,9 @@ class EvalConfig:
     """Actions executed per chunk before re-querying; default: the policy's own default, else its whole chunk."""
     max_steps: int | None = None
     """Step limit per trial; default: the task's limit."""
+    init_states: Literal["fixed", "sampled"] = "fixed"
+    """Tasks that ship fixed initial states (LIBERO: 50 per task): 'fixed' starts trial i from state i mod 50
+    (the standard protocol; the trial seed still drives shifts), 'sampled' draws a fresh scene from the trial seed."""
     seed: int = 0
     """Seed of the trial order and the blind ids (initial conditions and policy noise depend only on task and trial)."""
     jsonl: bool = False
@@ -111,4 +114,5 @@ class EvalConfig:
             "max_steps": self.max_steps,
             **({"shield": True} if self.shield else {}),  # absent when off: older manifests keep their hash
             **({"monitor": str(self.monitor)} if self.monitor else {}),
+            **({"init_states": "sampled"} if self.init_states == "sampled" else {}),
         }

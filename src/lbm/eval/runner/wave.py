@@ -11,6 +11,7 @@ right before ``env.step``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import deque
@@ -102,7 +103,7 @@ def _start(item: TrialItem, policy: AnyPolicy, pool: EnvPool, config: EvalConfig
         return s
     s = Slot(item, env)
     try:
-        s.obs = env.reset(seed=item.seed)
+        s.obs = env.reset(seed=item.seed) if item.init_state is None else env.reset(seed=item.seed, init_state=item.init_state)
         s.init_hash = initial_state_hash(env, s.obs)
     except Exception as e:  # noqa: BLE001
         fail([s], f"env_error: {short(e)}")
@@ -191,6 +192,13 @@ def _record(s: Slot, t0: float, execute_steps: int, batch_size: int, worker: int
         extra["video"] = write_video(config.out, s.item, s.frames, s.env.embodiment.control_hz)
     for h in s.hooks:
         extra.update(h.record())
+    if s.item.init_state is not None:
+        extra["init_state"] = s.item.init_state
+    if s.env is not None and s.env.spec.goal and s.steps:
+        # The symbolic state the trial ended in: the true atoms, and how many goal atoms held.
+        truth = s.env.predicates()
+        extra["final_atoms"] = json.dumps(sorted(a for a, v in truth.items() if v))
+        extra["goal_atoms_met"] = sum(bool(truth.get(a)) for a in s.env.spec.goal)
     record = TrialRecord(
         policy=s.item.policy,
         task=s.item.task,
@@ -266,7 +274,7 @@ def write_video(out: Path, item: TrialItem, frames: list[np.ndarray], fps: float
 
     folder = Path(out) / "videos"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{item.policy}_{item.task}_{item.shift.replace(':', '-').replace('+', '_')}_{item.trial:04d}.mp4"
+    name = f"{item.policy}_{item.task.replace('/', '--')}_{item.shift.replace(':', '-').replace('+', '_')}_{item.trial:04d}.mp4"
     h, w = frames[0].shape[:2]
     with av.open(str(folder / name), mode="w") as container:
         stream = container.add_stream("libx264", rate=max(1, round(fps)))
