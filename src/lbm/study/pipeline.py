@@ -30,7 +30,7 @@ from lbm.eval.records import load_records
 from lbm.eval.runner import EvalConfig, run_evaluation
 from lbm.policies.config import PolicyConfig, policy_config
 from lbm.schema import ACTION, STATE
-from lbm.sim import resolve_tasks
+from lbm.sim import embodiment_of, resolve_tasks
 from lbm.study.analysis import analyze
 from lbm.study.profiles import StudyConfig
 from lbm.study.report import print_verdicts, write_study_report
@@ -210,15 +210,20 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
         return build
 
-    pretrain_data = (
+    # One dataset per robot body (a dataset holds one); pretraining mixes them.
+    bodies: dict[str, list[str]] = {}
+    for t in pretrain_tasks:
+        bodies.setdefault(embodiment_of(t).name, []).append(t)
+    pretrain_data = [
         cache.stage(
             "data",
-            dict(tasks=pretrain_tasks, episodes=config.pretrain_episodes_per_task, **sizes),
-            demos(pretrain_tasks, config.pretrain_episodes_per_task),
-            "demonstrations for pretraining",
+            dict(tasks=group, episodes=config.pretrain_episodes_per_task, **sizes),
+            demos(group, config.pretrain_episodes_per_task),
+            "demonstrations for pretraining" + (f" ({body})" if len(bodies) > 1 else ""),
         )
         / "dataset"
-    )
+        for body, group in bodies.items()
+    ]
     task_data = {
         t: cache.stage(
             "data",
@@ -248,8 +253,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
         return build
 
-    def marked(cfg: TrainConfig, dataset: Path, label: str) -> TrainConfig:
-        marks = constant_marks(dataset, cfg.policy)
+    def marked(cfg: TrainConfig, datasets: Path | list[Path], label: str) -> TrainConfig:
+        marks = tuple(m for d in (datasets if isinstance(datasets, list) else [datasets]) for m in constant_marks(d, cfg.policy))
         if marks:
             log(f"[{label}] constant up to float noise, passed through unnormalized: {'; '.join(marks)}")
         return replace(cfg, policy=replace(cfg.policy, constant_dims=marks))
@@ -262,7 +267,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             mode="pretrain",
             seed=seed,
             steps=config.pretrain_steps,
-            data=DataConfig(roots=(str(pretrain_data),), val_episodes=1),
+            data=DataConfig(roots=tuple(str(d) for d in pretrain_data), val_episodes=1),
             optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(200, config.pretrain_steps // 10)),
         )
         cfg = marked(cfg, pretrain_data, "pretraining data")
