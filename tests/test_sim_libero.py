@@ -181,6 +181,25 @@ def test_shifts_change_what_they_claim_and_none_changes_nothing(shifts, changes)
         np.testing.assert_array_equal(moved.state, again.state)  # seeded
 
 
+@pytest.mark.parametrize("shifts", ["lighting:high", "color:high", "camera_pose:high"])
+def test_visual_shifts_change_the_image_and_only_the_image(shifts):
+    seed = eval_seed(TASK, 6)
+    kw = {"cameras": ["agentview"], "image_size": 32}
+    with make_env(TASK, **kw) as plain, make_env(TASK, shifts=shifts, **kw) as shifted:
+        base, moved = plain.reset(seed=seed), shifted.reset(seed=seed)
+        assert np.abs(base.images["agentview"].astype(int) - moved.images["agentview"].astype(int)).mean() > 2
+        np.testing.assert_array_equal(base.state, moved.state)
+        np.testing.assert_array_equal(moved.images["agentview"], shifted.reset(seed=seed).images["agentview"])  # seeded
+
+
+def test_a_missing_task_file_is_a_clear_error():
+    import dataclasses
+
+    spec = dataclasses.replace(get_task(TASK), source="/nonexistent/put_the_bowl_on_the_plate.bddl")
+    with pytest.raises(LbmError, match="task file .* is missing. Reinstall"):
+        libero.build(spec)
+
+
 def test_cameras_render():
     with make_env(TASK, cameras=["agentview"], image_size=32) as cam_env:
         obs = cam_env.reset(seed=0)

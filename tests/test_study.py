@@ -118,3 +118,16 @@ def test_incompatible_study_folder_is_refused(tmp_path):
 def test_overlapping_task_sets_are_refused(tmp_path):
     with pytest.raises(LbmError, match="must not be pretraining tasks"):
         run_study(replace(MINI, out=str(tmp_path), heldout_tasks="reach-v3"))
+
+
+def test_libero_tasks_can_be_held_out_after_pretraining_on_another_suite():
+    pytest.importorskip("libero", reason="LIBERO is an optional extra")
+    from lbm.study.pipeline import validate
+
+    config = replace(
+        MINI, pretrain_tasks="mt10,libero-goal/put-the-bowl-on-the-plate", heldout_tasks="libero-goal/put-the-bowl-on-the-stove"
+    )
+    pretrain, heldout = validate(config)
+    assert pretrain[-1].startswith("libero-goal/") and heldout == ["libero-goal/put-the-bowl-on-the-stove"]
+    with pytest.raises(LbmError, match="not registered"):
+        validate(replace(MINI, heldout_tasks="libero-goal/turn-on-the-stove"))

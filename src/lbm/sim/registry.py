@@ -19,7 +19,7 @@ from lbm.sim.base import TaskSpec
 
 SUITE = "metaworld"
 EMBODIMENT_NAME = "metaworld-sawyer"
-BACKENDS: dict[str, str] = {"metaworld": "lbm.sim.metaworld", "libero": "lbm.sim.libero"}
+BACKENDS: dict[str, str] = {"metaworld": "lbm.sim.metaworld", "libero": "lbm.sim.libero", "robosuite": "lbm.sim.arms"}
 """Suite -> the module that builds its envs (``build(spec, ...)``) and names its embodiments (``EMBODIMENTS``)."""
 DEFAULT_MAX_STEPS = 200
 __all__ = ["TASKS", "TASK_SETS", "TaskSpec", "get_task", "resolve_tasks", "task_for_instruction"]
@@ -67,9 +67,15 @@ def _load_sets() -> dict[str, tuple[str, ...]]:
 
 
 def _load_other_suites() -> tuple[dict[str, TaskSpec], dict[str, tuple[str, ...]], dict[str, str]]:
-    from lbm.sim import libero  # reads LIBERO's task files only; robosuite is imported when an env is built
+    # Both read their task lists only (LIBERO's BDDL files); robosuite is imported when an env is built.
+    from lbm.sim import arms, libero
 
-    return libero.task_specs(), libero.task_sets(), libero.unavailable()
+    tasks, sets, unavailable = {}, {}, {}
+    for backend in (libero, arms):
+        tasks.update(backend.task_specs())
+        sets.update(backend.task_sets())
+        unavailable.update(backend.unavailable())
+    return tasks, sets, unavailable
 
 
 TASKS: dict[str, TaskSpec] = _load_tasks()

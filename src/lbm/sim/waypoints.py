@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -40,8 +41,8 @@ ROTATION_GAIN = 2.0
 """Proportional gain on the orientation error (radians) that holds the hand's starting orientation."""
 FINGER_TIP_BELOW_EEF = 0.011
 """The fingertips sit this far (m) below the end-effector site of LIBERO's Panda gripper."""
-HOLDING = 0.004
-"""Finger separation (m) above which the closed gripper holds something."""
+LIFT = 0.15
+"""How high (m) a ``lifted(obj)`` subtask raises the object above where it was grasped."""
 HOLLOW = ("bowl", "mug", "basket", "caddy", "cup")
 """Objects grasped by their rim."""
 
@@ -60,6 +61,11 @@ class Scene(Protocol):
     def object_extent(self, name: str) -> tuple[np.ndarray, np.ndarray]: ...
 
     def eef(self) -> tuple[np.ndarray, np.ndarray, float]: ...
+
+    def grasping(self, name: str) -> bool: ...
+
+    @property
+    def words(self) -> Mapping[str, str]: ...
 
     def holds(self, text: str) -> bool: ...
 
@@ -96,22 +102,31 @@ def target_words(name: str) -> str:
     return _object_words(name.removesuffix("_region"))
 
 
-def subtasks(goal: tuple[str, ...], objects: tuple[str, ...]) -> list[Subtask]:
-    """The pick-and-places of ``goal`` in order; an atom that is not one is an error naming it."""
+def subtasks(goal: tuple[str, ...], objects: tuple[str, ...], words: Mapping[str, str] | None = None) -> list[Subtask]:
+    """The pick-and-places (and pick-and-lifts) of ``goal`` in order; an atom that is neither is an error naming it.
+
+    ``words`` names objects in language where their scene names do not (``cubeA`` -> ``red cube``)."""
+    words = dict(words or {})
     out = []
     for text in goal:
         relation, args = parse_atom(text)
+        if relation == "lifted" and len(args) == 1 and args[0] in objects:
+            out.append(
+                Subtask(text, args[0], "", relation, f"pick up the {words.get(args[0]) or _object_words(args[0])} and lift it")
+            )
+            continue
         if relation not in ("on", "in") or len(args) != 2 or args[0] not in objects:
             raise LbmError(
                 f"The waypoint expert only does pick-and-place (on/in of a movable object); the goal atom {text} is not one. "
                 f"Movable objects here: {', '.join(objects)}."
             )
         obj, target = args
-        where = target_words(target)
+        where = words.get(target) or target_words(target)
         prep = (
             "to the" if re.search(r"_(left|right|front|back)_region$", target) else ("in the" if relation == "in" else "on the")
         )
-        out.append(Subtask(text, obj, target, relation, f"pick up the {_object_words(obj)} and place it {prep} {where}"))
+        what = words.get(obj) or _object_words(obj)
+        out.append(Subtask(text, obj, target, relation, f"pick up the {what} and place it {prep} {where}"))
     return out
 
 
@@ -132,7 +147,7 @@ class PickPlaceExpert:
     def reset(self) -> None:
         """Start the plan from the first subtask; the hand's orientation now is held throughout."""
         try:
-            self.plan, self.unsupported = subtasks(self.scene.goal, self.scene.objects), None
+            self.plan, self.unsupported = subtasks(self.scene.goal, self.scene.objects, self.scene.words), None
         except LbmError as error:  # raised when the expert is asked for an action, not at reset
             self.plan, self.unsupported = [], error
         self.index, self.attempt = 0, 0
@@ -160,12 +175,12 @@ class PickPlaceExpert:
         """The next ``(7,)`` float32 action."""
         if self.unsupported:
             raise self.unsupported
-        pos, rotation, opening = self.scene.eef()
+        pos, rotation, _ = self.scene.eef()
         self.speed = float(np.linalg.norm(pos - self.last)) if self.last is not None else 0.0
         self.last = pos
         rot = self._hold_orientation(rotation)
-        if self.index >= len(self.plan):  # all done: hold still, gripper open
-            return self._act(pos, pos, rot, -1.0)
+        if self.index >= len(self.plan):  # all done: hold still (keeping hold of a lifted object)
+            return self._act(pos, pos, rot, 1.0 if self.plan and self.plan[-1].relation == "lifted" else -1.0)
         sub = self.plan[self.index]
         self.ticks += 1
         if self.phase == "above":
@@ -186,15 +201,18 @@ class PickPlaceExpert:
             return self._act(pos, self.grasp, rot, 1.0)
         if self.phase == "lift":
             goal = np.array([*self.grasp[:2], self._carry_height(sub)])
-            if opening < HOLDING:  # nothing in the hand: try again from the top
+            if not self.scene.grasping(sub.obj):  # nothing in the hand: try again from the top
                 return self._retry(pos, rot)
             if self._reached(pos, goal, 0.02) or self.ticks > LIMITS["lift"]:
-                self._next()
+                if sub.relation == "lifted":
+                    self._start("verify")
+                else:
+                    self._next()
             return self._act(pos, goal, rot, 1.0)
         if self.phase == "carry":
             place = self._place_point(sub)
             goal = np.array([*place[:2], self._carry_height(sub)])
-            if opening < HOLDING:
+            if not self.scene.grasping(sub.obj):
                 return self._retry(pos, rot)
             if self._reached(pos[:2], goal[:2], 0.012) or self.ticks > LIMITS["carry"]:
                 self._next()
@@ -218,7 +236,7 @@ class PickPlaceExpert:
         if self.scene.holds(sub.atom):
             self.index, self.attempt = self.index + 1, 0
             self._start("above")
-            return self._act(pos, pos, rot, -1.0)
+            return self._act(pos, pos, rot, 1.0 if sub.relation == "lifted" else -1.0)
         return self._retry(pos, rot)
 
     def _retry(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
@@ -257,6 +275,8 @@ class PickPlaceExpert:
 
     def _carry_height(self, sub: Subtask) -> float:
         """High enough to clear the object's own support and the target, relative to the scene (tables differ in height)."""
+        if sub.relation == "lifted":
+            return float(self.grasp[2] + LIFT)
         return float(max(self.grasp[2], self._place_point(sub)[2] + self.hang) + 0.12)
 
     # ---- control -----------------------------------------------------------------------------

@@ -52,6 +52,18 @@ _PRESETS = [
         )
         for f in ("flow", "diffusion", "discrete")
     ),
+    # LIBERO-Goal's registered pick-and-place tasks, state data with subtask labels (lbm data generate
+    # --tasks libero-goal --out data/libero-goal); 30% of windows see their subtask's instruction.
+    _preset(
+        "libero-goal-flow-small",
+        "flow",
+        "small",
+        mode="pretrain",
+        data=DataConfig(roots=("data/libero-goal",), val_episodes=2, subtask_instructions=0.3),
+        steps=3000,
+        batch_size=64,
+        optim=OptimConfig(lr=3e-4, warmup_steps=200),
+    ),
     # MT10 with the corner camera at 96 px: GPU-sized.
     _preset(
         "mt10-flow-image-base",
