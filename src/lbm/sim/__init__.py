@@ -1,4 +1,5 @@
-"""lbm.sim: simulator suites (Meta-World v3, LIBERO) behind one contract, with instructions, experts, shifts and symbolic state.
+"""lbm.sim: simulator suites (Meta-World v3, LIBERO, robosuite arms) behind one contract, with instructions,
+experts, shifts and symbolic state.
 
 Quick use::
 

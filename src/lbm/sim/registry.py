@@ -4,8 +4,10 @@ Meta-World task names are Meta-World's own (``drawer-open-v3``; the ``-v3`` suff
 off), and its task sets come straight from Meta-World's benchmark definitions in their order, so
 ``mt10`` here is exactly Meta-World's MT10. LIBERO tasks are named ``SUITE/TASK``
 (``libero-goal/put-the-bowl-on-the-plate``) and their suites are task sets (``libero-goal``); they
-are registered when the ``libero`` extra is installed (:mod:`lbm.sim.libero`). Task sets compose
-across suites: ``mt10,libero-goal``.
+are registered when the ``libero`` extra is installed (:mod:`lbm.sim.libero`). robosuite's arms are
+``robosuite-TASK@ROBOT`` (``robosuite-lift@ur5e``, :mod:`lbm.sim.arms`), in sets ``robosuite``,
+``robosuite-lift`` and ``robosuite@ur5e``. Task sets compose across suites: ``mt10,libero-goal``.
+Tasks that exist but are not registered (no reliable expert) are refused with their reason.
 """
 
 from __future__ import annotations

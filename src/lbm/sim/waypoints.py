@@ -17,8 +17,8 @@ registered (see ``docs`` and :data:`lbm.sim.libero.EXPERT_TASKS`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -89,13 +89,13 @@ def target_words(name: str) -> str:
     """A region or object name in words: ``basket_1_contain_region`` -> ``basket``,
     ``wooden_cabinet_1_top_side`` -> ``top of the wooden cabinet``,
     ``living_room_table_plate_right_region`` -> ``right of the plate``."""
-    fixture = re.match(r"^(.*?)_\d+_(.*)$", name)
+    fixture = re.match(r"^(.*?)_\d+_(.*)$", name)  # OWNER_N_PART: a region of a fixture or object
     if fixture:
-        owner, part = _object_words(fixture.group(1)), fixture.group(2).removesuffix("_region").removesuffix("_side")
-        if part in ("contain", "cook", "top_region", "heating", "") or not name.endswith("_side"):
-            where = part.replace("_contain", "").replace("contain", "").replace("_", " ").strip()
-            return f"{where} compartment of the {owner}" if where and "contain" in part else owner
-        return f"{part.replace('_', ' ')} of the {owner}"
+        owner, part = _object_words(fixture.group(1)), fixture.group(2)
+        if part.endswith("_side"):  # a surface: "top of the wooden cabinet"
+            return f"{part.removesuffix('_side').replace('_', ' ')} of the {owner}"
+        compartment = re.match(r"^(.+)_contain_region$", part)  # "back compartment of the desk caddy"
+        return f"{compartment.group(1).replace('_', ' ')} compartment of the {owner}" if compartment else owner
     table = re.match(r"^(?:main|living_room|kitchen|study|floor)_?(?:table|floor)?_(.*)_(left|right|front|back)_region$", name)
     if table:
         return f"{table.group(2)} of the {_object_words(table.group(1))}"
