@@ -1,8 +1,9 @@
 """Scripted-expert success per task (any suite), with exact (Clopper-Pearson) 95% intervals.
 
-Runs the scripted expert (Meta-World's own; LIBERO's waypoint expert) on every task of a set for N seeds of the evaluation seed space
-(the demonstration seed space with --seeds demo) and prints a table: successes / trials, interval,
-mean and max episode length of the successful episodes. Writes the figures as JSON with --out.
+Runs the scripted expert (Meta-World's own; the waypoint expert for LIBERO and the robosuite arms)
+on every task of a set for N seeds of the evaluation seed space (the demonstration seed space with
+--seeds demo) and prints a table: successes / trials, interval, mean and max episode length of the
+successful episodes, episodes per minute per worker. Writes the figures as JSON with --out.
 
     python benchmarks/sim_expert_success.py --tasks mt50 --episodes 10 --out expert.json
     python benchmarks/sim_expert_success.py --tasks libero-goal,libero-10 --episodes 20 --seeds demo --workers 2
