@@ -244,6 +244,7 @@ def test_a_policy_trained_on_libero_demos_is_evaluated_blind_and_paired_on_fixed
     from lbm.data import generate_demos
     from lbm.eval.records import load_records
     from lbm.eval.runner import EvalConfig, run_evaluation
+    from lbm.study.pipeline import constant_marks
     from lbm.train import train
     from lbm.train.presets import get_preset
 
@@ -262,7 +263,8 @@ def test_a_policy_trained_on_libero_demos_is_evaluated_blind_and_paired_on_fixed
         save_every=20,
         data=dataclasses.replace(base.data, roots=(str(tmp_path / "demos"),), val_episodes=0, subtask_instructions=0.5),
     )
-    checkpoint = train(config)
+    marks = constant_marks(tmp_path / "demos", config.policy)  # objects that never turn: as the study marks them
+    checkpoint = train(dataclasses.replace(config, policy=dataclasses.replace(config.policy, constant_dims=marks)))
     out = tmp_path / "eval"
     run_evaluation(
         EvalConfig(policy=(f"tiny={checkpoint}", "oracle=expert"), tasks=TASK, trials=2, max_steps=40, out=out, progress=False)

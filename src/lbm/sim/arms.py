@@ -229,7 +229,7 @@ class ArmEnv(RobosuiteScene):
             controller_configs=load_controller_config(default_controller="OSC_POSE"),
             has_renderer=False,
             has_offscreen_renderer=bool(self.cameras),
-            use_camera_obs=bool(self.cameras),
+            use_camera_obs=False,  # images are rendered by the scene, once per step
             camera_names=list(self.cameras) or ["agentview"],
             camera_heights=self.image_size,
             camera_widths=self.image_size,

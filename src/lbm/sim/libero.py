@@ -300,7 +300,7 @@ class LiberoEnv(RobosuiteScene):
             "camera_names": list(self.cameras) or ["agentview"],
             "camera_heights": self.image_size,
             "camera_widths": self.image_size,
-            "use_camera_obs": bool(self.cameras),
+            "use_camera_obs": False,  # images are rendered by the scene, once per step
             "has_offscreen_renderer": bool(self.cameras),
             "hard_reset": False,
             "horizon": 10**9,

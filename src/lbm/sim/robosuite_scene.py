@@ -337,6 +337,8 @@ class RobosuiteScene:
         return {text: bool(evaluate()) for text, evaluate in self._grounded()}
 
     def _observe(self) -> Observation:
+        # Forced: robosuite's step returns observables sampled up to a control step earlier. Its camera
+        # observables are off (they would render inside every step, and again here): we render once, now.
         obs = self._env._get_observations(force_update=True)  # noqa: SLF001 - robosuite's only way to read observables now
         parts = [obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"], self.data.qpos[self._joint_qpos]]
         slots = np.zeros((self.max_objects, OBJECT_SLOT))
@@ -346,8 +348,7 @@ class RobosuiteScene:
         observed = state
         for shift in self.active_shifts:
             observed = shift.observe(observed, self._shift_rngs[shift.name], self._shift_scratch[shift.name])
-        # robosuite renders with OpenGL's origin at the bottom: flip rows so that image-up is world-up.
-        images = {cam: np.ascontiguousarray(obs[f"{cam}_image"][::-1]) for cam in self.cameras}
+        images = {cam: self.render(cam) for cam in self.cameras}
         return Observation(state=observed, images=images, instruction=self.instruction, embodiment=self.embodiment.name)
 
     def _restore_model(self) -> None:
@@ -363,7 +364,7 @@ class RobosuiteScene:
         if not self.cameras:
             raise LbmError(f"{self.task}: this env was built without cameras; pass cameras=[{camera!r}] to make_env.")
         image = self._env.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
-        return np.ascontiguousarray(image[::-1])
+        return np.ascontiguousarray(image[::-1])  # OpenGL's origin is at the bottom: flip rows so image-up is world-up
 
     def close(self) -> None:
         """Free the simulator and its renderer."""
