@@ -124,7 +124,8 @@ def test_one_policy_trains_on_three_bodies_with_different_state_and_action_sizes
     )
     # Objects that never turn leave dimensions constant up to float noise: mark them, as the study does.
     marks = tuple(m for root in roots for m in constant_marks(Path(root), config.policy))
-    policy = load_policy(train(dataclasses.replace(config, policy=dataclasses.replace(config.policy, constant_dims=marks))))
+    pretrained = train(dataclasses.replace(config, policy=dataclasses.replace(config.policy, constant_dims=marks)))
+    policy = load_policy(pretrained)
     assert set(policy.embodiments) == {"metaworld-sawyer", "robosuite-panda", "robosuite-ur5e"}
     for task in ("reach-v3", "robosuite-lift@panda", "robosuite-lift@ur5e"):
         with make_env(task) as env:
@@ -132,6 +133,25 @@ def test_one_policy_trains_on_three_bodies_with_different_state_and_action_sizes
             chunk = policy.predict_chunk([obs], [policy.reset(0)], ChunkRequest())
             assert np.asarray(chunk.actions).shape[-1] == env.embodiment.action_dim
             assert np.all(np.isfinite(chunk.actions))
+
+    # Finetuning onto a robot the checkpoint never saw (IIWA): its own constant dims are marked by this run.
+    iiwa = generate_demos(["robosuite-stack@iiwa"], 2, tmp_path / "iiwa", workers=1, progress=False).root
+    new_marks = constant_marks(iiwa, config.policy)
+    assert new_marks  # the cubes never tilt: their quaternion x, y are constant up to float noise
+    finetune = dataclasses.replace(
+        config,
+        name="held-out-robot",
+        mode="finetune",
+        out_dir=str(tmp_path / "finetune"),
+        finetune=dataclasses.replace(config.finetune, init_from=str(pretrained)),
+        data=dataclasses.replace(config.data, roots=(str(iiwa),)),
+        policy=dataclasses.replace(config.policy, constant_dims=new_marks),
+    )
+    tuned = load_policy(train(finetune))  # without the marks the normalizer refuses the new body's constant dims
+    assert set(tuned.embodiments) == {"robosuite-iiwa"}  # a finetuned checkpoint serves the bodies of its data
+    with make_env("robosuite-stack@iiwa") as env:
+        chunk = tuned.predict_chunk([env.reset(seed=eval_seed("robosuite-stack@iiwa", 0))], [tuned.reset(0)], ChunkRequest())
+        assert np.asarray(chunk.actions).shape[-1] == 7 and np.all(np.isfinite(chunk.actions))
 
 
 @pytest.mark.slow

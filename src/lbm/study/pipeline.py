@@ -282,14 +282,17 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     roots=(str(task_data[task]),), val_episodes=0, fraction=fraction, subset_seed=config.subset_seed
                 )
                 warmup = min(50, config.task_steps // 10)
+                finetuned = replace(
+                    base,
+                    mode="finetune",
+                    data=data,
+                    finetune=FinetuneConfig(init_from=str(pretrained[seed]), variant=config.finetune_variant),
+                    optim=OptimConfig(lr=config.finetune_lr, warmup_steps=warmup),
+                )
+                if embodiment_of(task).name not in bodies:  # a robot pretraining never saw: mark its constant dims
+                    finetuned = marked(finetuned, task_data[task], task)
                 arms = {
-                    "finetuned": replace(
-                        base,
-                        mode="finetune",
-                        data=data,
-                        finetune=FinetuneConfig(init_from=str(pretrained[seed]), variant=config.finetune_variant),
-                        optim=OptimConfig(lr=config.finetune_lr, warmup_steps=warmup),
-                    ),
+                    "finetuned": finetuned,
                     "scratch": marked(
                         replace(base, mode="scratch", data=data, optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=warmup)),
                         task_data[task],

@@ -217,6 +217,10 @@ def train(config: TrainConfig) -> Path:
         policy_cfg = dataclasses.replace(
             config_from_json(init["policy"]), **{f: getattr(config.policy, f) for f in FINETUNE_TRAINING_FIELDS}
         )
+        # A robot the checkpoint never saw brings its own constant dimensions (this run's marks for it).
+        known = {d["name"] for d in init["embodiments"]}
+        new_body_marks = tuple(m for m in config.policy.constant_dims if m.split("/")[0] not in known)
+        policy_cfg = dataclasses.replace(policy_cfg, constant_dims=(*policy_cfg.constant_dims, *new_body_marks))
         ignored = [
             f"{f.name}={getattr(config.policy, f.name)!r} (checkpoint: {getattr(policy_cfg, f.name)!r})"
             for f in dataclasses.fields(policy_cfg)
