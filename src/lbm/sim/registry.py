@@ -93,7 +93,8 @@ UNAVAILABLE: dict[str, str] = _unavailable
 _INSTRUCTION_TO_TASK: dict[str, str] = {}
 for _spec in TASKS.values():
     for _sentence in _spec.instructions:
-        _INSTRUCTION_TO_TASK[_sentence.lower()] = _spec.name
+        # One instruction can name a task on several robots (robosuite-lift@panda, @ur5e, ...): the first wins.
+        _INSTRUCTION_TO_TASK.setdefault(_sentence.lower(), _spec.name)
 
 
 def _canonical_name(name: str) -> str:
@@ -152,7 +153,8 @@ def resolve_tasks(spec: str) -> list[str]:
 
 
 def task_for_instruction(text: str) -> str:
-    """The task whose canonical instruction or a paraphrase is ``text`` (case and spacing ignored)."""
+    """The task whose canonical instruction or a paraphrase is ``text`` (case and spacing ignored); for an
+    instruction several robots share, the first such task in registry order."""
     key = " ".join(text.lower().split()).rstrip(".")
     if key in _INSTRUCTION_TO_TASK:
         return _INSTRUCTION_TO_TASK[key]
