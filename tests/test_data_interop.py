@@ -331,19 +331,19 @@ print(json.dumps(dump(LeRobotDataset("local/theirs", root={str(root)!r}, video_b
     np.testing.assert_allclose(levels, 9 * g, atol=3)  # every frame is the right one, in order
 
 
-def test_lerobot_reads_a_libero_dataset_with_subtasks_and_atoms(tmp_path, lerobot_python):
-    """`lbm data generate --tasks libero-goal --episodes-per-task 2` (with a small camera), read by LeRobot:
-    the subtask index and the bit-packed atoms come through as ordinary per-frame features."""
-    pytest.importorskip("libero", reason="LIBERO is an optional extra: pip install 'lbm[libero]'")
+@pytest.mark.parametrize("tasks", ["libero-goal", "robosuite-lift@ur5e"])
+def test_lerobot_reads_a_symbolic_dataset_with_subtasks_and_atoms(tmp_path, lerobot_python, tasks):
+    """`lbm data generate --tasks libero-goal --episodes-per-task 2` (with a small camera), and the same for a
+    robosuite arm, read by LeRobot: the subtask index and the bit-packed atoms come through as plain features."""
+    pytest.importorskip("libero", reason="LIBERO (and the robosuite it brings) is an optional extra: pip install 'lbm[libero]'")
     from lbm.data import generate_demos
     from lbm.data.audit import audit_dataset
     from lbm.data.dataset import ATOMS, SUBTASK_INDEX
-
-    root = tmp_path / "libero-goal"
     from lbm.sim import resolve_tasks
 
+    root = tmp_path / "symbolic"
     summary = generate_demos(
-        resolve_tasks("libero-goal"),
+        resolve_tasks(tasks),
         2,
         root,
         cameras=("agentview",),
@@ -358,7 +358,7 @@ def test_lerobot_reads_a_libero_dataset_with_subtasks_and_atoms(tmp_path, lerobo
         + f"""
 import json
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-ds = LeRobotDataset("local/libero", root={str(root)!r}, video_backend="pyav")
+ds = LeRobotDataset("local/symbolic", root={str(root)!r}, video_backend="pyav")
 meta = dump(ds, {str(tmp_path / "lerobot.npz")!r})
 meta["features"] = sorted(ds.meta.features)
 print(json.dumps(meta))
@@ -373,5 +373,6 @@ print(json.dumps(meta))
     for e in range(ours.num_episodes):
         start, end = ours.episode_bounds(e)
         names, atoms = ours.atoms(e)
-        bits = np.unpackbits(got[ATOMS][start:end].astype(np.uint8), axis=1, count=len(names), bitorder="little")
+        packed = got[ATOMS].reshape(len(got[ATOMS]), -1).astype(np.uint8)  # one byte of atoms arrives as a scalar
+        bits = np.unpackbits(packed[start:end], axis=1, count=len(names), bitorder="little")
         np.testing.assert_array_equal(bits.astype(bool), atoms)

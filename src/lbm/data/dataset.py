@@ -314,7 +314,9 @@ class DatasetWriter:
             columns[SUBTASK_INDEX] = pa.array(np.concatenate(self._subtask_of_frame))
         if self._atoms:
             width = max(a.shape[1] for a in self._atoms)
-            columns[ATOMS] = _fixed_list(np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in self._atoms]))
+            packed = np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in self._atoms])
+            # LeRobot (HF datasets) reads a feature of shape [1] as a scalar column, not a list of one.
+            columns[ATOMS] = pa.array(packed[:, 0]) if width == 1 else _fixed_list(packed)
         if not self.video:
             img_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
             for cam in self.cameras:
