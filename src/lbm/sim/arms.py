@@ -182,19 +182,6 @@ def unavailable() -> dict[str, str]:
     return out
 
 
-def build(
-    spec: TaskSpec,
-    *,
-    cameras: Sequence[str] = (),
-    image_size: int = 96,
-    shifts: Sequence[Shift] = (),
-    render: RenderConfig | None = None,
-    max_steps: int | None = None,
-) -> ArmEnv:
-    """The backend entry point :func:`lbm.sim.make_env` calls for robosuite tasks (arguments validated there)."""
-    return ArmEnv(spec, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps)
-
-
 class ArmEnv(RobosuiteScene):
     """One robosuite task on one robot behind the simulator contract (:class:`lbm.sim.SimEnv`)."""
 
@@ -285,3 +272,8 @@ class ArmEnv(RobosuiteScene):
         """``a`` rests on ``b``: touching, above it, and not held."""
         touching = bool(self._env.check_contact(self._model_of(a), self._model_of(b)))
         return touching and self.position(a)[2] > self.position(b)[2] and not self.grasping(a)
+
+
+build = ArmEnv
+"""The backend entry point :func:`lbm.sim.make_env` calls for robosuite tasks (arguments validated there):
+the env class itself, whose constructor takes ``(spec, *, cameras, image_size, shifts, render, max_steps)``."""

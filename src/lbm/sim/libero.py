@@ -249,19 +249,6 @@ EMBODIMENTS = {LIBERO_EMBODIMENT.name: LIBERO_EMBODIMENT}
 """The embodiments of this suite, by name."""
 
 
-def build(
-    spec: TaskSpec,
-    *,
-    cameras: Sequence[str] = (),
-    image_size: int = 96,
-    shifts: Sequence[Shift] = (),
-    render: RenderConfig | None = None,
-    max_steps: int | None = None,
-) -> LiberoEnv:
-    """The backend entry point :func:`lbm.sim.make_env` calls for LIBERO tasks (arguments validated there)."""
-    return LiberoEnv(spec, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps)
-
-
 class LiberoEnv(RobosuiteScene):
     """One LIBERO task behind the simulator contract (:class:`lbm.sim.SimEnv`)."""
 
@@ -397,3 +384,8 @@ class LiberoEnv(RobosuiteScene):
             return list(getattr(site, "joints", None) or [])
         obj = self._env.objects_dict.get(name) or self._env.fixtures_dict.get(name)
         return list(getattr(obj, "joints", None) or []) if obj is not None and hasattr(obj, "is_open") else []
+
+
+build = LiberoEnv
+"""The backend entry point :func:`lbm.sim.make_env` calls for LIBERO tasks (arguments validated there):
+the env class itself, whose constructor takes ``(spec, *, cameras, image_size, shifts, render, max_steps)``."""

@@ -422,14 +422,6 @@ EMBODIMENTS = {METAWORLD_EMBODIMENT.name: METAWORLD_EMBODIMENT}
 """The embodiments of this suite, by name."""
 
 
-def build(
-    spec: TaskSpec,
-    *,
-    cameras: Sequence[str] = (),
-    image_size: int = 96,
-    shifts: Sequence[Shift] = (),
-    render: RenderConfig | None = None,
-    max_steps: int | None = None,
-) -> MetaWorldEnv:
-    """The backend entry point :func:`lbm.sim.make_env` calls for Meta-World tasks (arguments validated there)."""
-    return MetaWorldEnv(spec, cameras=cameras, image_size=image_size, shifts=shifts, render=render, max_steps=max_steps)
+build = MetaWorldEnv
+"""The backend entry point :func:`lbm.sim.make_env` calls for Meta-World tasks (arguments validated there):
+the env class itself, whose constructor takes ``(spec, *, cameras, image_size, shifts, render, max_steps)``."""
