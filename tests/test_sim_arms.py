@@ -12,7 +12,7 @@ pytest.importorskip("robosuite", reason="robosuite comes with the optional LIBER
 
 from lbm.errors import LbmError  # noqa: E402
 from lbm.sim import TASK_SETS, TASKS, SimEnv, demo_seed, embodiment_of, eval_seed, get_task, goal_reached, make_env  # noqa: E402
-from lbm.sim.arms import ROBOTS  # noqa: E402
+from lbm.sim.arms import BODIES, ROBOTS  # noqa: E402
 
 
 def run_expert(env, seed: int):
@@ -24,10 +24,24 @@ def run_expert(env, seed: int):
 
 
 def test_tasks_times_robots_are_registered_with_bodies_that_differ():
-    assert set(TASK_SETS["robosuite-lift"]) == {f"robosuite-lift@{r}" for r in ROBOTS}
+    assert set(TASK_SETS["robosuite-lift"]) == {f"robosuite-lift@{b}" for b in BODIES}
     sizes = {r: embodiment_of(f"robosuite-lift@{r}").state_dim for r in ROBOTS}
     assert sizes == {"panda": 30, "ur5e": 33, "kinova3": 34, "iiwa": 34}
-    assert len({embodiment_of(f"robosuite-stack@{r}").name for r in ROBOTS}) == 4
+    # Each robot x controller is its own body: OSC end-effector deltas (7) or one delta per arm joint + gripper.
+    actions = {b: embodiment_of(f"robosuite-lift@{b}").action_dim for b in BODIES}
+    assert actions == {
+        "panda": 7,
+        "ur5e": 7,
+        "kinova3": 7,
+        "iiwa": 7,
+        "panda-joint": 8,
+        "ur5e-joint": 7,
+        "kinova3-joint": 8,
+        "iiwa-joint": 8,
+    }
+    assert len({embodiment_of(f"robosuite-stack@{b}").name for b in BODIES}) == 8
+    assert embodiment_of("robosuite-lift@ur5e").workspace is not None
+    assert embodiment_of("robosuite-lift@ur5e-joint").workspace is None  # joint deltas do not move the hand linearly
     assert get_task("robosuite-stack@ur5e").goal == ("on(cubeA,cubeB)",)
     assert TASK_SETS["robosuite@iiwa"] == ("robosuite-lift@iiwa", "robosuite-stack@iiwa")
 
@@ -65,7 +79,7 @@ def test_one_task_per_robot_resets_steps_and_reports_atoms(robot):
             env.holds("lifted(cub)")
 
 
-@pytest.mark.parametrize("name", ["robosuite-lift@ur5e", "robosuite-stack@panda"])
+@pytest.mark.parametrize("name", ["robosuite-lift@ur5e", "robosuite-stack@panda", "robosuite-lift@kinova3-joint"])
 def test_one_expert_episode(name):
     with make_env(name) as env:
         result = run_expert(env, demo_seed(name, 0))
@@ -106,7 +120,8 @@ def test_one_policy_trains_on_three_bodies_with_different_state_and_action_sizes
     from lbm.train.presets import get_preset
 
     roots = []
-    for task in ("reach-v3", "robosuite-lift@panda", "robosuite-lift@ur5e"):  # (39, 4), (30, 7), (33, 7)
+    bodies = ("reach-v3", "robosuite-lift@panda-joint", "robosuite-lift@ur5e")  # (state, action): (39, 4), (30, 8), (33, 7)
+    for task in bodies:
         roots.append(str(generate_demos([task], 2, tmp_path / task.replace("@", "-"), workers=1, progress=False).root))
     base = get_preset("tiny-flow")
     config = dataclasses.replace(
@@ -126,8 +141,8 @@ def test_one_policy_trains_on_three_bodies_with_different_state_and_action_sizes
     marks = tuple(m for root in roots for m in constant_marks(Path(root), config.policy))
     pretrained = train(dataclasses.replace(config, policy=dataclasses.replace(config.policy, constant_dims=marks)))
     policy = load_policy(pretrained)
-    assert set(policy.embodiments) == {"metaworld-sawyer", "robosuite-panda", "robosuite-ur5e"}
-    for task in ("reach-v3", "robosuite-lift@panda", "robosuite-lift@ur5e"):
+    assert set(policy.embodiments) == {"metaworld-sawyer", "robosuite-panda-joint", "robosuite-ur5e"}
+    for task in bodies:
         with make_env(task) as env:
             obs = env.reset(seed=eval_seed(task, 0))
             chunk = policy.predict_chunk([obs], [policy.reset(0)], ChunkRequest())

@@ -2,14 +2,18 @@
 # pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
 """robosuite's arms behind the simulator contract: tasks x robots, each robot its own body.
 
-Tasks are named ``robosuite-TASK@ROBOT`` (``robosuite-lift@ur5e``). Each robot with its
-end-effector (OSC) controller is its own :class:`Embodiment`: the state is the end-effector pose,
-the gripper's joints and the arm's joints (so its size differs per robot: 30 Panda, 33 UR5e, 34
-Kinova3 and IIWA), then two object slots; the action is the 7-D OSC delta (xyz, rotation) and the
-gripper. The robosuite here is 1.4.0, the version LIBERO pins (one environment for both); under
-MuJoCo 3 its Sawyer fails to load and Jaco's three-finger gripper needs its own expert, so both are
-known gaps. Predicates: ``grasped(obj)``, ``lifted(obj)`` (robosuite's own 4 cm test) and
-``on(a,b)``. The waypoint expert (:mod:`lbm.sim.waypoints`) lifts and stacks.
+Tasks are named ``robosuite-TASK@ROBOT`` (``robosuite-lift@ur5e``: end-effector control) and
+``robosuite-TASK@ROBOT-joint`` (joint-position control). Each robot and controller is its own
+:class:`Embodiment`: the state is the end-effector pose, the gripper's joints and the arm's joints
+(so its size differs per robot: 30 Panda, 33 UR5e, 34 Kinova3 and IIWA), then two object slots;
+the OSC action is the 7-D end-effector delta (xyz, rotation) and the gripper, the joint-position
+action one delta per arm joint (6 UR5e, 7 the others) and the gripper. The robosuite here is
+1.4.0, the version LIBERO pins (one environment for both); under MuJoCo 3 its Sawyer fails to load
+and Jaco's three-finger gripper needs its own expert, so both are known gaps. Predicates:
+``grasped(obj)``, ``lifted(obj)`` (robosuite's own 4 cm test) and ``on(a,b)``. The waypoint
+expert (:mod:`lbm.sim.waypoints`) lifts and stacks; on a joint-position body its end-effector
+command is turned into joint deltas by damped least squares on the arm's Jacobian (differential
+inverse kinematics).
 """
 
 from __future__ import annotations
@@ -86,6 +90,17 @@ ROBOTS: dict[str, _Robot] = {
     "iiwa": _Robot("IIWA", 7, 6),
 }
 """Robots lbm drives (robosuite 1.4.0 names; joint counts of the arm and of its default gripper)."""
+CONTROLLERS: dict[str, str] = {"": "OSC_POSE", "joint": "JOINT_POSITION"}
+"""Controller suffix of a body name (``panda``, ``panda-joint``) -> robosuite controller."""
+OSC_SCALE = np.array([0.05, 0.05, 0.05, 0.5, 0.5, 0.5])
+"""robosuite's OSC_POSE output range: metres and radians of end-effector motion per unit action."""
+JOINT_SCALE = 0.05
+"""robosuite's JOINT_POSITION output range: radians per unit action."""
+JOINT_KP = 150
+"""Joint-position stiffness: robosuite's default 50 lags the hand behind its command by several steps; 150
+is the stiffness of its OSC controller, so both bodies of a robot track their commands alike."""
+IK_DAMPING = 0.05
+"""Damping of the least-squares inverse (metres): bounds joint motion near singular poses."""
 ROBOT_GAPS: dict[str, str] = {
     "sawyer": "robosuite 1.4.0's Sawyer fails to load under MuJoCo 3 ('mesh volume is too small: robot0_head_1')",
     "jaco": "Jaco's three-finger gripper command is inverted and slow in robosuite; the waypoint expert is not tuned for it",
@@ -99,7 +114,7 @@ ARM_WORKSPACE = Workspace(
 )
 
 
-def _embodiment(key: str, robot: _Robot) -> Embodiment:
+def _embodiment(key: str, robot: _Robot, controller: str) -> Embodiment:
     proprio = (
         *(f"eef_{a}" for a in "xyz"),
         *(f"eef_q{a}" for a in "wxyz"),
@@ -107,22 +122,32 @@ def _embodiment(key: str, robot: _Robot) -> Embodiment:
         *(f"joint_{i}" for i in range(robot.joints)),
     )
     slots = tuple(f"obj{k}_{f}" for k in range(MAX_OBJECTS) for f in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+    if controller == "joint":
+        actions = (*(f"dq_{i}" for i in range(robot.joints)), "gripper")
+    else:
+        actions = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
     return Embodiment(
-        name=f"robosuite-{key}",
+        name=f"robosuite-{key}" + (f"-{controller}" if controller else ""),
         state_dim=len(proprio) + len(slots),
-        action_dim=7,
-        action_low=(-1.0,) * 7,
-        action_high=(1.0,) * 7,
+        action_dim=len(actions),
+        action_low=(-1.0,) * len(actions),
+        action_high=(1.0,) * len(actions),
         cameras=CAMERAS,
         control_hz=20.0,
         state_names=(*proprio, *slots),
-        action_names=("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
-        workspace=ARM_WORKSPACE,
+        action_names=actions,
+        # A joint delta moves the hand through the arm's nonlinear kinematics, not by a fixed scale:
+        # the shield's linear workspace prediction does not apply, so joint bodies get bounds only.
+        workspace=None if controller else ARM_WORKSPACE,
     )
 
 
-EMBODIMENTS: dict[str, Embodiment] = {f"robosuite-{k}": _embodiment(k, r) for k, r in ROBOTS.items()}
-"""One embodiment per robot (OSC end-effector control)."""
+BODIES: dict[str, tuple[str, str]] = {(f"{k}-{c}" if c else k): (k, c) for k in ROBOTS for c in CONTROLLERS}
+"""Body names of task names (``panda``, ``panda-joint``) -> (robot, controller suffix)."""
+EMBODIMENTS: dict[str, Embodiment] = {
+    f"robosuite-{body}": _embodiment(robot, ROBOTS[robot], controller) for body, (robot, controller) in BODIES.items()
+}
+"""One embodiment per robot and controller."""
 REGISTER_THRESHOLD = 0.5
 """A task x robot is registered when its expert succeeds on at least this fraction of the seeds measured
 by ``benchmarks/sim_expert_success.py --tasks robosuite`` (20 demonstration seeds)."""
@@ -149,7 +174,7 @@ def _all_specs() -> dict[str, TaskSpec]:
             source=task.env,
         )
         for family, task in TASK_FAMILIES.items()
-        for robot in ROBOTS
+        for robot in BODIES
     }
 
 
@@ -159,14 +184,14 @@ def task_specs() -> dict[str, TaskSpec]:
 
 
 def task_sets() -> dict[str, tuple[str, ...]]:
-    """``robosuite`` (everything), ``robosuite-lift`` (every robot), ``robosuite@ur5e`` (every task)."""
+    """``robosuite`` (everything), ``robosuite-lift`` (every body), ``robosuite@ur5e`` (every task of a body)."""
     names = list(task_specs())
     if not names:
         return {}
     sets = {"robosuite": tuple(names)}
     for family in TASK_FAMILIES:
         sets[f"robosuite-{family}"] = tuple(n for n in names if n.startswith(f"robosuite-{family}@"))
-    for robot in ROBOTS:
+    for robot in BODIES:
         sets[f"robosuite@{robot}"] = tuple(n for n in names if n.endswith(f"@{robot}"))
     return {k: v for k, v in sets.items() if v}
 
@@ -178,7 +203,9 @@ def unavailable() -> dict[str, str]:
     out = {name: f"{name} is not registered: {why}." for name, why in EXPERT_GAPS.items()}
     for family in TASK_FAMILIES:
         for robot, why in ROBOT_GAPS.items():
-            out[f"robosuite-{family}@{robot}"] = f"robosuite-{family}@{robot} is not registered: {why}."
+            for suffix in CONTROLLERS:
+                name = f"robosuite-{family}@{robot}" + (f"-{suffix}" if suffix else "")
+                out[name] = f"{name} is not registered: {why}."
     return out
 
 
@@ -199,7 +226,8 @@ class ArmEnv(RobosuiteScene):
     ) -> None:
         if not available():
             raise LbmError(INSTALL_HINT)
-        family, robot = spec.name.removeprefix("robosuite-").split("@")
+        family, body = spec.name.removeprefix("robosuite-").split("@")
+        robot, self._controller = BODIES[body]
         self._task, self._robot = TASK_FAMILIES[family], ROBOTS[robot]
         super().__init__(
             spec, EMBODIMENTS[spec.embodiment], cameras=cameras, image_size=image_size, shifts=shifts, render=render,
@@ -208,12 +236,11 @@ class ArmEnv(RobosuiteScene):
 
     def _make(self) -> tuple[Any, Any]:
         import robosuite
-        from robosuite import load_controller_config
 
         env = robosuite.make(
             self._task.env,
             robots=self._robot.name,
-            controller_configs=load_controller_config(default_controller="OSC_POSE"),
+            controller_configs=self._controller_config(),
             has_renderer=False,
             has_offscreen_renderer=bool(self.cameras),
             use_camera_obs=False,  # images are rendered by the scene, once per step
@@ -227,6 +254,34 @@ class ArmEnv(RobosuiteScene):
             hard_reset=False,  # resets re-place objects in the loaded model (milliseconds, not seconds)
         )
         return env, env
+
+    def expert_action(self) -> np.ndarray:
+        """The waypoint expert's action; on a joint-position body, its hand motion as joint deltas."""
+        action = super().expert_action()
+        if not self._controller:
+            return action
+        import mujoco
+
+        arm = self._env.robots[0]
+        jacp, jacr = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
+        mujoco.mj_jacSite(self.model, self.data, jacp, jacr, arm.eef_site_id)
+        jac = np.vstack([jacp, jacr])[:, arm._ref_joint_vel_indexes]  # noqa: SLF001 - robosuite keeps the arm's dof indices only here
+        twist = OSC_SCALE * action[:6]
+        # Damped least squares: dq = J^T (J J^T + d^2 I)^-1 twist (Wampler 1986), stable near singular poses.
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING**2 * np.eye(6), twist)
+        command = dq / JOINT_SCALE
+        peak = float(np.abs(command).max())
+        if peak > 1.0:  # scale, not clip: the hand keeps its direction
+            command /= peak
+        return np.concatenate([command, action[6:]]).astype(np.float32)
+
+    def _controller_config(self) -> dict:
+        from robosuite import load_controller_config
+
+        config = load_controller_config(default_controller=CONTROLLERS[self._controller])
+        if self._controller:
+            config["kp"] = JOINT_KP
+        return config
 
     # ---- the scene ---------------------------------------------------------------------------
     @property
