@@ -127,7 +127,60 @@ def test_libero_tasks_can_be_held_out_after_pretraining_on_another_suite():
     config = replace(
         MINI, pretrain_tasks="mt10,libero-goal/put-the-bowl-on-the-plate", heldout_tasks="libero-goal/put-the-bowl-on-the-stove"
     )
-    pretrain, heldout = validate(config)
+    pretrain, heldout, _ = validate(config)
     assert pretrain[-1].startswith("libero-goal/") and heldout == ["libero-goal/put-the-bowl-on-the-stove"]
     with pytest.raises(LbmError, match="not registered"):
         validate(replace(MINI, heldout_tasks="libero-goal/turn-on-the-stove"))
+
+
+def test_heldout_robot_study_adds_the_own_robot_arm(tmp_path):
+    """Pretrained on another robot vs on the held-out robot's own other task vs from scratch: same demos, same trials."""
+    pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
+    config = replace(
+        PROFILES["heldout-robot"],
+        out=str(tmp_path),
+        pretrain_tasks="robosuite-lift@panda",
+        own_pretrain_tasks="robosuite-stack@kinova3",
+        pretrain_episodes_per_task=2,
+        heldout_episodes_per_task=2,
+        fractions=(0.5, 1.0),
+        size="tiny",
+        pretrain_steps=40,
+        task_steps=20,
+        batch_size=16,
+        trials=2,
+        max_steps=30,
+        eval_workers=1,
+        demo_workers=1,
+        bootstrap_reps=100,
+    )
+    result = run_study(config)
+    records = pd.read_parquet(result["records"])
+    assert set(records.arm) == {"finetuned", "scratch", "own_robot"}
+    assert set(records.policy) == {f"{a}-{f}pct" for a in ("finetuned", "scratch", "own_robot") for f in (50, 100)}
+    assert records.groupby("policy")["seed"].apply(lambda s: tuple(sorted(s))).nunique() == 1  # paired
+    own = result["analysis"]["own_robot"]
+    assert [r["fraction"] for r in own] == [0.5, 1.0]
+    for r in own:  # recomputable from the records
+        rate = records[records.data_fraction == r["fraction"]].groupby("arm").success.mean()
+        assert r["cross_vs_own"]["diff"] == pytest.approx(rate["finetuned"] - rate["own_robot"])
+        assert r["own_vs_scratch"]["diff"] == pytest.approx(rate["own_robot"] - rate["scratch"])
+    assert any(v.startswith("Other robots' data vs the held-out robot's own") for v in result["analysis"]["verdicts"])
+    assert "held-out robot" in result["report_md"].read_text()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(own_pretrain_tasks="robosuite-lift@kinova3"), "must not be pretraining tasks"),
+        (dict(own_pretrain_tasks="robosuite-stack@ur5e"), "must all be on one body"),
+        (dict(heldout_tasks="robosuite-lift@kinova3,robosuite-lift@kinova3-joint"), "must all be on one body"),
+        (dict(pretrain_tasks="robosuite-lift@ur5e,robosuite-stack@kinova3"), "already contain the held-out robot"),
+    ],
+)
+def test_own_robot_arm_refuses_a_study_that_would_not_compare_robots(changes, message):
+    pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
+    from lbm.study.pipeline import validate
+
+    with pytest.raises(LbmError, match=message):
+        validate(replace(PROFILES["heldout-robot"], **changes))

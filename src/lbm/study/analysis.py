@@ -31,7 +31,8 @@ def contrast(a: dict, b: dict, confidence: float = 0.95) -> dict:
     """Mean over common tasks of rate_a - rate_b (stratified Newcombe interval) and the CMH test across tasks."""
     common = sorted(set(a) & set(b))
     if not common:
-        return dict(diff=float("nan"), lo=float("nan"), hi=float("nan"), p=float("nan"), tasks=0)
+        nan = float("nan")
+        return dict(diff=nan, lo=nan, hi=nan, p=nan, tasks=0, rate_a=nan, rate_b=nan)
     a, b = {t: a[t] for t in common}, {t: b[t] for t in common}
     d = stats.mean_difference(a, b, confidence)
     return dict(
@@ -67,8 +68,9 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
     for shift in conditions:
         ft, sc = arm_cells(df, "finetuned", full, shift), arm_cells(df, "scratch", full, shift)
         zs = arm_cells(df, "pretrained", None, shift)
+        own = arm_cells(df, "own_robot", full, shift)
         for task in sorted(sc):
-            for arm, arm_counts in (("finetuned", ft), ("pretrained", zs)):
+            for arm, arm_counts in (("finetuned", ft), ("pretrained", zs), ("own_robot", own)):
                 if task not in arm_counts:
                     continue
                 (s1, n1), (s2, n2) = arm_counts[task], sc[task]
@@ -180,6 +182,18 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
         )
     out["robustness"] = gaps
 
+    # Other robots' data vs the held-out robot's own (when the study has the own-robot arm): both
+    # pretrained models finetuned on the same demos, at every fraction, nominal conditions.
+    if (df["arm"] == "own_robot").any():
+        out["own_robot"] = [
+            dict(
+                fraction=f,
+                cross_vs_own=contrast(arm_cells(df, "finetuned", f, "none"), arm_cells(df, "own_robot", f, "none")),
+                own_vs_scratch=contrast(arm_cells(df, "own_robot", f, "none"), arm_cells(df, "scratch", f, "none")),
+            )
+            for f in fractions
+        ]
+
     # Between-seed variation (training randomness is not in the evaluation error bars).
     if len(config.train_seeds) > 1:
         g = df.groupby(["task", "shift", "arm", "data_fraction", "train_seed"])["success"].mean().reset_index()
@@ -262,6 +276,20 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             )
             + f" Finetuned significantly better on {g['tasks_better_shift']}/{n_tasks} tasks under shift vs "
             f"{g['tasks_better_nominal']}/{n_tasks} nominal."
+        )
+    for r in a.get("own_robot", []):
+        c, o = r["cross_vs_own"], r["own_vs_scratch"]
+        v.append(
+            f"Other robots' data vs the held-out robot's own, both finetuned with {r['fraction']:.0%} of the task demos: "
+            f"cross-embodiment {c['rate_a']:.2f} vs own-robot {c['rate_b']:.2f}, difference {c['diff']:+.2f} [95% CI "
+            f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g}: "
+            + (
+                ("cross-embodiment pretraining is " + ("better" if c["diff"] > 0 else "worse"))
+                if c["p"] <= config.alpha
+                else "no significant difference"
+            )
+            + f"; own-robot pretraining vs from scratch on the same demos: {o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], "
+            f"CMH p = {o['p']:.3g}."
         )
     zs = a["aggregate"]["none"]["zero_shot_vs_scratch"]
     if zs["tasks"]:

@@ -124,16 +124,34 @@ def plan_trials(config: StudyConfig) -> tuple[int, float]:
     return n, mdd
 
 
-def validate(config: StudyConfig) -> tuple[list[str], list[str]]:
-    """Refuse a study that cannot run: ``(pretraining tasks, held-out tasks)``."""
+def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
+    """Refuse a study that cannot run: ``(pretraining tasks, held-out tasks, own-robot pretraining tasks)``."""
     pretrain = resolve_tasks(config.pretrain_tasks)
     heldout = resolve_tasks(config.heldout_tasks)
-    overlap = sorted(set(pretrain) & set(heldout))
-    if overlap:
-        raise LbmError(
-            f"Held-out tasks must not be pretraining tasks, but {', '.join(overlap)} are both; the study would "
-            "measure memorization. Pick disjoint --pretrain-tasks and --heldout-tasks."
-        )
+    own = resolve_tasks(config.own_pretrain_tasks) if config.own_pretrain_tasks.strip() else []
+    for other, flag in ((pretrain, "--pretrain-tasks"), (own, "--own-pretrain-tasks")):
+        overlap = sorted(set(other) & set(heldout))
+        if overlap:
+            raise LbmError(
+                f"Held-out tasks must not be pretraining tasks, but {', '.join(overlap)} are in both {flag} and "
+                f"--heldout-tasks; the study would measure memorization. Pick disjoint task sets."
+            )
+    if own:
+        robots = {embodiment_of(t).name for t in heldout}
+        foreign = sorted({embodiment_of(t).name for t in own} - robots)
+        seen = sorted(robots & {embodiment_of(t).name for t in pretrain})
+        if foreign or len(robots) > 1:
+            raise LbmError(
+                "--own-pretrain-tasks are the held-out robot's own other tasks: they and the held-out tasks must all be "
+                f"on one body, but the held-out tasks are on {', '.join(sorted(robots))}"
+                + (f" and the own-robot tasks also on {', '.join(foreign)}." if foreign else ".")
+            )
+        if seen:
+            raise LbmError(
+                f"The own-robot arm compares pretraining on other robots with pretraining on the held-out robot, but "
+                f"--pretrain-tasks already contain the held-out robot ({', '.join(seen)}). Remove its tasks from "
+                "--pretrain-tasks or leave --own-pretrain-tasks empty."
+            )
     if not config.fractions or any(not 0 < f <= 1 for f in config.fractions):
         raise LbmError(f"--fractions must be in (0, 1], got {config.fractions}.")
     if 1.0 not in config.fractions:
@@ -156,7 +174,7 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str]]:
     ):
         if getattr(config, name) < 1:
             raise LbmError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(config, name)}).")
-    return pretrain, heldout
+    return pretrain, heldout, own
 
 
 def constant_marks(dataset: Path, policy: PolicyConfig) -> tuple[str, ...]:
@@ -178,7 +196,7 @@ def constant_marks(dataset: Path, policy: PolicyConfig) -> tuple[str, ...]:
 def run_study(config: StudyConfig) -> dict[str, Any]:
     """Run (or resume) a study; return the paths it wrote and its analysis."""
     start = time.perf_counter()
-    pretrain_tasks, heldout_tasks = validate(config)
+    pretrain_tasks, heldout_tasks, own_tasks = validate(config)
     root = config.root
     check_folder(root)
     cache = StageCache(root)
@@ -210,20 +228,31 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
         return build
 
-    # One dataset per robot body (a dataset holds one); pretraining mixes them.
-    bodies: dict[str, list[str]] = {}
-    for t in pretrain_tasks:
-        bodies.setdefault(embodiment_of(t).name, []).append(t)
-    pretrain_data = [
-        cache.stage(
-            "data",
-            dict(tasks=group, episodes=config.pretrain_episodes_per_task, **sizes),
-            demos(group, config.pretrain_episodes_per_task),
-            "demonstrations for pretraining" + (f" ({body})" if len(bodies) > 1 else ""),
+    def pretraining_data(tasks: list[str], label: str) -> list[Path]:
+        """One dataset per robot body (a dataset holds one); pretraining mixes them."""
+        bodies: dict[str, list[str]] = {}
+        for t in tasks:
+            bodies.setdefault(embodiment_of(t).name, []).append(t)
+        return [
+            cache.stage(
+                "data",
+                dict(tasks=group, episodes=config.pretrain_episodes_per_task, **sizes),
+                demos(group, config.pretrain_episodes_per_task),
+                f"demonstrations for {label}" + (f" ({body})" if len(bodies) > 1 else ""),
+            )
+            / "dataset"
+            for body, group in bodies.items()
+        ]
+
+    pretrain_data = pretraining_data(pretrain_tasks, "pretraining")
+    own_data = pretraining_data(own_tasks, "own-robot pretraining") if own_tasks else []
+    if config.pretrain_weights and len(config.pretrain_weights) != len(pretrain_data):
+        names = ", ".join(EpisodeDataset(d).embodiment.name for d in pretrain_data)
+        raise LbmError(
+            f"--pretrain-weights has {len(config.pretrain_weights)} values, but pretraining has {len(pretrain_data)} "
+            f"datasets (one per robot body, in task order: {names})."
         )
-        / "dataset"
-        for body, group in bodies.items()
-    ]
+    seen_bodies = {embodiment_of(t).name for t in pretrain_tasks}
     task_data = {
         t: cache.stage(
             "data",
@@ -259,19 +288,26 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             log(f"[{label}] constant up to float noise, passed through unnormalized: {'; '.join(marks)}")
         return replace(cfg, policy=replace(cfg.policy, constant_dims=marks))
 
-    pretrained = {}
-    for seed in config.train_seeds:
+    def pretrain(datasets: list[Path], seed: int, label: str, weights: tuple[float, ...]) -> Path:
         cfg = replace(
             base,
-            name=f"pretrain-s{seed}",
+            name=f"{label.replace(' ', '-')}-s{seed}",
             mode="pretrain",
             seed=seed,
             steps=config.pretrain_steps,
-            data=DataConfig(roots=tuple(str(d) for d in pretrain_data), val_episodes=1),
+            data=DataConfig(
+                roots=tuple(str(d) for d in datasets),
+                weights=weights,
+                balance_by_size=config.balance_by_size,
+                val_episodes=1,
+            ),
             optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(200, config.pretrain_steps // 10)),
         )
-        cfg = marked(cfg, pretrain_data, "pretraining data")
-        pretrained[seed] = cache.stage("train", train_settings(cfg), trainer(cfg), f"pretrain (seed {seed})") / "checkpoint"
+        cfg = marked(cfg, datasets, f"{label} data")
+        return cache.stage("train", train_settings(cfg), trainer(cfg), f"{label} (seed {seed})") / "checkpoint"
+
+    pretrained = {seed: pretrain(pretrain_data, seed, "pretrain", config.pretrain_weights) for seed in config.train_seeds}
+    own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
 
     # 3. finetuning and from-scratch runs on nested subsets of each held-out task's demos
     checkpoints: dict[str, dict[str, dict]] = {t: {} for t in heldout_tasks}
@@ -289,7 +325,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     finetune=FinetuneConfig(init_from=str(pretrained[seed]), variant=config.finetune_variant),
                     optim=OptimConfig(lr=config.finetune_lr, warmup_steps=warmup),
                 )
-                if embodiment_of(task).name not in bodies:  # a robot pretraining never saw: mark its constant dims
+                if embodiment_of(task).name not in seen_bodies:  # a robot pretraining never saw: mark its constant dims
                     finetuned = marked(finetuned, task_data[task], task)
                 arms = {
                     "finetuned": finetuned,
@@ -299,6 +335,12 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                         task,
                     ),
                 }
+                if own_pretrained:  # the same finetuning from the held-out robot's own pretraining
+                    arms["own_robot"] = replace(
+                        finetuned,
+                        policy=base.policy,
+                        finetune=replace(finetuned.finetune, init_from=str(own_pretrained[seed])),
+                    )
                 for arm, cfg in arms.items():
                     name = policy_name(arm, fraction, seed, len(config.train_seeds))
                     cfg = replace(cfg, name=f"{task}-{name}", seed=seed, steps=config.task_steps)

@@ -19,6 +19,14 @@ class StudyConfig:
     """Tasks of the pretraining mixture (a task set or comma-separated names)."""
     heldout_tasks: str = "ml45-test"
     """New tasks for finetuning and evaluation; must not overlap the pretraining tasks."""
+    pretrain_weights: tuple[float, ...] = ()
+    """Mixture weight per pretraining dataset (one per robot body, in task order; empty = equal)."""
+    balance_by_size: bool = False
+    """Pretraining draws each body's dataset by its weight alone, however many frames it has (a
+    cross-embodiment mixture whose bodies differ in episode length); otherwise weight x size."""
+    own_pretrain_tasks: str = ""
+    """Held-out robot's own other tasks (empty = none): a second pretraining run on them alone, finetuned on
+    the same demos as the 'own_robot' arm, answers whether other robots' data is worth that robot's own."""
     pretrain_episodes_per_task: int = 20
     """Scripted demonstrations per pretraining task."""
     heldout_episodes_per_task: int = 20
@@ -115,6 +123,28 @@ PROFILES: dict[str, StudyConfig] = {
         max_trials=100,
         target_p1=0.5,
         target_p2=0.7,
+    ),
+    # A robot pretraining never saw (Kinova3): cross-embodiment pretraining on four other bodies
+    # (Meta-World Sawyer, LIBERO's Panda, robosuite's Panda, UR5e and IIWA) vs the Kinova3's own other
+    # task vs from scratch, all finetuned on the same few Kinova3 demos. About 40 min on a 2-core CPU.
+    "heldout-robot": StudyConfig(
+        name="heldout-robot",
+        pretrain_tasks="mt10,libero-goal,robosuite@panda,robosuite@ur5e,robosuite@iiwa",
+        own_pretrain_tasks="robosuite-stack@kinova3",
+        heldout_tasks="robosuite-lift@kinova3",
+        pretrain_weights=(0.3, 0.25, 0.15, 0.15, 0.15),  # per body by task count: 10, 6, 2, 2, 2 tasks
+        balance_by_size=True,
+        pretrain_episodes_per_task=12,
+        heldout_episodes_per_task=20,
+        fractions=(0.25, 1.0),
+        pretrain_steps=2500,
+        task_steps=400,
+        shifts=(),
+        zero_shot=False,
+        trials=0,
+        max_trials=25,
+        target_p1=0.4,
+        target_p2=0.8,
     ),
     # Camera observations and the base model: the same protocol, sized for a GPU machine.
     "full": StudyConfig(

@@ -64,6 +64,27 @@ _PRESETS = [
         batch_size=64,
         optim=OptimConfig(lr=3e-4, warmup_steps=200),
     ),
+    # Cross-embodiment pretraining: five bodies with different state and action sizes in one model
+    # (Meta-World's Sawyer, LIBERO's Panda, robosuite's Panda, UR5e and IIWA), one dataset per body
+    # (`lbm data generate --tasks robosuite@ur5e --out data/robosuite-ur5e`, ...). Each body's share of
+    # the batches is its weight, whatever its frame count; Meta-World and LIBERO get the larger shares
+    # for their task counts (10 and 6 vs 2 per robosuite arm).
+    _preset(
+        "cross-embodiment-flow-small",
+        "flow",
+        "small",
+        mode="pretrain",
+        data=DataConfig(
+            roots=("data/mt10", "data/libero-goal", "data/robosuite-panda", "data/robosuite-ur5e", "data/robosuite-iiwa"),
+            weights=(0.3, 0.25, 0.15, 0.15, 0.15),
+            balance_by_size=True,
+            val_episodes=1,
+            subtask_instructions=0.3,
+        ),
+        steps=3000,
+        batch_size=64,
+        optim=OptimConfig(lr=3e-4, warmup_steps=200),
+    ),
     # MT10 with the corner camera at 96 px: GPU-sized.
     _preset(
         "mt10-flow-image-base",
