@@ -26,6 +26,7 @@ OPTIONAL_EXTRAS = {
     "wandb": "wandb",
     "websockets": "serve",
     "msgpack": "serve",
+    "pyperplan": "plan",
 }
 
 # (words of the command) -> ("module:function", one-line summary)
@@ -40,7 +41,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("stats", "compare"): ("lbm.eval.commands:compare", "Compare policies from rollout records."),
     ("stats", "plan"): ("lbm.eval.commands:plan", "Trials needed for a comparison (power planner)."),
     ("report",): ("lbm.eval.commands:report", "Write an HTML + markdown report from an evaluation folder."),
-    ("study",): ("lbm.study.commands:study", "The careful LBM study, end to end (profiles: quick, standard, full)."),
+    ("study",): (
+        "lbm.study.commands:study",
+        "The careful LBM study, end to end (profiles: quick, standard, heldout-robot, full).",
+    ),
+    ("plan",): ("lbm.plan.commands:plan", "Ground a long-horizon goal in a scene and print its plan."),
+    ("run",): ("lbm.plan.commands:run", "Plan and execute one goal with verification and replanning (live log)."),
     ("serve",): ("lbm.serve.commands:serve", "Serve a checkpoint over the openpi websocket protocol."),
     ("safety", "check"): ("lbm.safety.commands:check", "Run the instruction guard on one instruction."),
     ("safety", "redteam"): ("lbm.safety.commands:redteam", "Instruction-guard refusal rates on the red-team set."),

@@ -255,9 +255,8 @@ class ArmEnv(RobosuiteScene):
         )
         return env, env
 
-    def expert_action(self) -> np.ndarray:
-        """The waypoint expert's action; on a joint-position body, its hand motion as joint deltas."""
-        action = super().expert_action()
+    def _to_body(self, action: np.ndarray) -> np.ndarray:
+        """On a joint-position body, the expert's hand motion as joint deltas."""
         if not self._controller:
             return action
         import mujoco

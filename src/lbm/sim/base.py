@@ -162,6 +162,40 @@ class SimEnv(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
+class SymbolicScene(Protocol):
+    """What a planner reads from and does in a scene with named objects (LIBERO, the robosuite arms).
+
+    Every :class:`SimEnv` of those backends is one; Meta-World's single-skill tasks are not."""
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        """The scene's movable objects."""
+        ...
+
+    @property
+    def words(self) -> Mapping[str, str]:
+        """Objects whose scene names are not language, in words (``cubeA`` -> ``red cube``)."""
+        ...
+
+    def position(self, name: str) -> np.ndarray:
+        """World position (3,) of an object or region, now."""
+        ...
+
+    def holds(self, text: str) -> bool:
+        """Whether one atom holds now (an unknown object or predicate is a clear error)."""
+        ...
+
+    def predicates(self) -> dict[str, bool]:
+        """Every grounded atom of the scene now, true or false."""
+        ...
+
+    def skill_action(self, goal_atom: str, restart: bool = False) -> np.ndarray:
+        """The scripted skill's next action toward one atom (privileged: it reads true poses); ``restart``
+        starts a new attempt from the skill's first phase."""
+        ...
+
+
 def atom(predicate: str, *args: str) -> str:
     """The canonical text of an atom: ``atom("On", "bowl_1", "plate_1") == "on(bowl_1,plate_1)"``."""
     if not predicate or any(not a or "," in a or " " in a for a in args):

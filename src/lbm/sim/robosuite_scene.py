@@ -22,7 +22,7 @@ from lbm.errors import LbmError, did_you_mean
 from lbm.schema import Embodiment, Observation
 from lbm.sim.base import RenderConfig, StepResult, TaskSpec, atom, parse_atom
 from lbm.sim.shifts import Shift, ShiftContext
-from lbm.sim.waypoints import PickPlaceExpert
+from lbm.sim.waypoints import PickPlaceExpert, subtasks
 
 OBJECT_SLOT = 7
 """State entries per object slot: world position (3) and quaternion (4, wxyz)."""
@@ -326,7 +326,20 @@ class RobosuiteScene:
         """The waypoint expert's float32 action for the true simulator state."""
         if self.seed is None:
             raise LbmError("expert_action() needs a started episode; call reset(seed) first.")
-        return self._expert.action()
+        return self._to_body(self._expert.action())
+
+    def skill_action(self, goal_atom: str, restart: bool = False) -> np.ndarray:
+        """The scripted skill's action toward one atom (``in(soup,basket)``, ``lifted(cube)``), for a planner's step.
+
+        The skill is the waypoint expert restricted to that atom; it starts over when the atom changes or on ``restart``."""
+        if self.seed is None:
+            raise LbmError("skill_action() needs a started episode; call reset(seed) first.")
+        self._expert.follow(subtasks((goal_atom,), self.objects, self.words)[0], restart)
+        return self._to_body(self._expert.action())
+
+    def _to_body(self, action: np.ndarray) -> np.ndarray:
+        """The expert's OSC end-effector action as this body's action (identity unless a backend says otherwise)."""
+        return action
 
     def expert_subtask(self) -> tuple[int, str]:
         """The expert's current subtask: its index and instruction (``pick up the X and place it in the Y``)."""

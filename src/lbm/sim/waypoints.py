@@ -156,6 +156,14 @@ class PickPlaceExpert:
         self.hold = Rotation.from_matrix(rotation)
         self._start("above")
 
+    def follow(self, sub: Subtask, restart: bool = False) -> None:
+        """Run this one subtask from now on (a planner's step): from its first phase when it is new or ``restart``."""
+        if self.plan == [sub] and not self.unsupported and not restart:
+            return
+        self.plan, self.unsupported = [sub], None
+        self.index, self.attempt = 0, 0
+        self._start("above")
+
     def subtask(self) -> tuple[int, str]:
         """The current subtask's index and instruction (the last one once all are done)."""
         if self.unsupported:

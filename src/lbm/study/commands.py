@@ -15,6 +15,7 @@ StudyProfile = tyro.extras.subcommand_type_from_defaults(
     descriptions={
         "quick": "the default of `make quickstart`: two held-out tasks, minutes on a 2-core CPU",
         "standard": "all five ML45 held-out tasks and four data fractions: CPU hours",
+        "heldout-robot": "a robot pretraining never saw (Kinova3): cross-embodiment vs its own data vs scratch",
         "full": "camera observations and the base model: sized for a GPU machine",
     },
 )
