@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lbm.plan.symbolic import Plan, Planner, PlanningError, SceneState, Step
+from lbm.plan.symbolic import Planner, PlanningError, SceneState, Step
 from lbm.policies.base import ChunkRequest, Policy
 from lbm.schema import Observation
 from lbm.sim.base import SimEnv, SymbolicScene
@@ -135,6 +135,140 @@ def scene_state(env: SymbolicScene) -> SceneState:
     return SceneState(env.objects, env.predicates(), dict(env.words))
 
 
+class PlanController:
+    """One goal's execution as a step-wise controller: :meth:`act` gives the next action for the scene as
+    observed, whoever steps the simulator (:func:`execute`, or the evaluation runner through
+    :class:`lbm.plan.policy.PlannedPolicy`); :meth:`finish` verifies the goal. See the module doc."""
+
+    def __init__(
+        self,
+        env: SimEnv,
+        goal: Sequence[str],
+        planner: Planner,
+        skills: Skills,
+        verifier: Verifier,
+        config: ExecuteConfig = ExecuteConfig(),
+        *,
+        seed: int = 0,
+        guards: Sequence[Guard] = (),
+        on_event: Callable[[dict], None] | None = None,
+        after_subtask: Callable[[SimEnv, Step, bool], None] | None = None,
+    ) -> None:
+        if not isinstance(env, SymbolicScene):
+            raise PlanningError(f"{env.task}: planning needs a scene with named objects and atoms (LIBERO, robosuite arms).")
+        self.env, self.scene = env, env
+        self.goal = tuple(goal)
+        self.planner, self.skills, self.verifier, self.config = planner, skills, verifier, config
+        self.seed, self.guards, self.on_event, self.after_subtask = seed, tuple(guards), on_event, after_subtask
+        self.result = GoalResult(self.goal, success=False, verified=None)
+        self.achieved: list[Step] = []
+        self.queue: list[Step] = []
+        self.obs: Observation | None = None
+        self.ticks = self.held = 0
+        self.started = time.perf_counter()
+        self.planned = self._plan("start")
+        if self.planned:
+            self.result.subtasks_planned = len(self.queue)
+            self._begin()
+
+    @property
+    def finished(self) -> bool:
+        """No subtask left to run (the plan is done, refused, stopped or out of re-plans)."""
+        return not self.queue or bool(self.result.reason)
+
+    def act(self, obs: Observation) -> np.ndarray | None:
+        """The next action for ``obs`` (the scene now), or None once execution is over."""
+        self.obs = obs
+        if self.finished:
+            return None
+        step = self.queue[0]
+        if self.ticks and self.config.verify:
+            self.held = self.held + 1 if all(self._check(step.effect).values()) else 0
+        if self.ticks >= self.config.subtask_steps or (self.config.verify and self.held >= self.config.settle_steps):
+            self._end(step)
+            if self.finished:
+                return None
+            step = self.queue[0]
+        self.ticks += 1
+        self.result.steps += 1
+        return self.skills.act(self.scene, obs, step)
+
+    def finish(self, obs: Observation | None = None) -> GoalResult:
+        """Verify the goal now; the result, with every decision in its events."""
+        if obs is not None:
+            self.obs = obs
+        r = self.result
+        r.verified = all(self._check(self.goal).values()) if self.planned else None
+        r.success = all(self.scene.holds(a) for a in self.goal)
+        if not r.reason:
+            r.reason = "goal verified" if r.verified else "plan ended, goal not verified"
+        self._log("goal", verified=r.verified, success=r.success, reason=r.reason)
+        return r
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _log(self, kind: str, **info: Any) -> None:
+        event = dict(kind=kind, step=self.result.steps, **info)
+        self.result.events.append(event)
+        if self.on_event:
+            self.on_event(event)
+
+    def _plan(self, why: str) -> bool:
+        try:
+            plan = self.planner.plan(self.goal, scene_state(self.scene), timeout_s=self.config.planner_timeout_s)
+        except PlanningError as error:
+            self.result.reason = f"no plan ({why}): {error}"
+            self._log("refused", why=str(error))
+            return False
+        self.result.planner_seconds += plan.seconds
+        self._log("plan", why=why, steps=plan.describe(), satisfied=list(plan.satisfied), seconds=round(plan.seconds, 4))
+        self.queue = list(plan.steps)
+        return True
+
+    def _check(self, atoms: Sequence[str]) -> dict[str, bool]:
+        assert self.obs is not None
+        seen = self.verifier.check(self.scene, self.obs, atoms)
+        if self.verifier.name != "privileged":  # how often a learned verifier disagrees with the ground truth
+            self.result.verifier_disagreements += sum(seen[a] != self.scene.holds(a) for a in atoms)
+        return seen
+
+    def _begin(self) -> None:
+        self.ticks = self.held = 0
+        self.started = time.perf_counter()
+        if self.queue:
+            self.skills.start(self.queue[0], self.seed + self.result.steps)
+
+    def _end(self, step: Step) -> None:
+        """A subtask attempt is over: check its effect and the guards, move on or re-plan."""
+        r, config = self.result, self.config
+        ok = all(self._check(step.effect).values()) if config.verify else None
+        outcome = {True: "done", False: "failed", None: "unchecked"}[ok]
+        self._log("subtask", subtask=step.instruction, effect=list(step.effect), outcome=outcome, steps=self.ticks,
+                  seconds=round(time.perf_counter() - self.started, 3))  # fmt: skip
+        if self.after_subtask:
+            self.after_subtask(self.env, step, bool(ok))
+        if ok or not config.verify:
+            r.subtasks_succeeded += bool(ok)
+            self.achieved.append(self.queue.pop(0))
+        if config.verify:
+            state = self.scene.predicates()
+            violated = next((v for g in self.guards if (v := g(state, step)) is not None), None)
+            if violated:
+                r.reason = f"stopped by a guard: {violated}"
+                self._log("guard", why=violated)
+                return
+            lost = [e for s in self.achieved for e in s.effect if e in self.goal and not self._check([e])[e]]
+            if not ok or lost:
+                if r.replans >= config.max_replans:
+                    r.reason = f"replan budget ({config.max_replans}) spent"
+                    return
+                r.replans += 1
+                if not self._plan(f"{step.goal_atom} not achieved" if not ok else f"{', '.join(lost)} no longer hold(s)"):
+                    return
+                r.retries += bool(self.queue) and self.queue[0].goal_atom == step.goal_atom
+                r.subtasks_planned += len(self.queue)
+        self._begin()
+
+
 def execute(
     env: SimEnv,
     obs: Observation,
@@ -143,101 +277,15 @@ def execute(
     skills: Skills,
     verifier: Verifier,
     config: ExecuteConfig = ExecuteConfig(),
-    *,
-    seed: int = 0,
-    guards: Sequence[Guard] = (),
-    on_event: Callable[[dict], None] | None = None,
-    after_subtask: Callable[[SimEnv, Step, bool], None] | None = None,
+    **options: Any,
 ) -> GoalResult:
-    """Plan ``goal`` in ``env`` (already reset, ``obs`` its observation) and execute it; see the module doc."""
-    if not isinstance(env, SymbolicScene):
-        raise PlanningError(f"{env.task}: planning needs a scene with named objects and atoms (LIBERO, robosuite arms).")
-    goal = tuple(goal)
-    result = GoalResult(goal, success=False, verified=None)
-
-    def log(kind: str, **info: Any) -> None:
-        event = dict(kind=kind, step=result.steps, **info)
-        result.events.append(event)
-        if on_event:
-            on_event(event)
-
-    def plan_now(why: str) -> Plan | None:
-        try:
-            plan = planner.plan(goal, scene_state(env), timeout_s=config.planner_timeout_s)
-        except PlanningError as error:
-            result.reason = f"no plan ({why}): {error}"
-            log("refused", why=str(error))
-            return None
-        result.planner_seconds += plan.seconds
-        log("plan", why=why, steps=plan.describe(), satisfied=list(plan.satisfied), seconds=round(plan.seconds, 4))
-        return plan
-
-    def check(atoms: Sequence[str]) -> dict[str, bool]:
-        seen = verifier.check(env, obs, atoms)
-        if verifier.name != "privileged":
-            truth = {a: env.holds(a) for a in atoms}
-            result.verifier_disagreements += sum(seen[a] != truth[a] for a in atoms)
-        return seen
-
-    plan = plan_now("start")
-    budget = env.max_steps if isinstance(getattr(env, "max_steps", None), int) else 10**9
-    queue = list(plan.steps) if plan else []
-    result.subtasks_planned = len(queue)
-    achieved: list[Step] = []
-    while plan is not None and queue and result.steps < budget:
-        step = queue[0]
-        skills.start(step, seed + result.steps)
-        held = ticks = 0
-        start = time.perf_counter()
-        done = False
-        while ticks < config.subtask_steps and result.steps < budget:
-            out = env.step(skills.act(env, obs, step))
-            obs, ticks, result.steps = out.observation, ticks + 1, result.steps + 1
-            if out.done and out.info.get("truncated"):
-                done = True
-                break
-            if config.verify:
-                held = held + 1 if all(check(step.effect).values()) else 0
-                if held >= config.settle_steps:
-                    break
-        ok = all(check(step.effect).values()) if config.verify else None
-        outcome = {True: "done", False: "failed", None: "unchecked"}[ok]
-        log("subtask", subtask=step.instruction, effect=list(step.effect), outcome=outcome, steps=ticks,
-            seconds=round(time.perf_counter() - start, 3))  # fmt: skip
-        if after_subtask:
-            after_subtask(env, step, bool(ok))
-        if ok or not config.verify:
-            result.subtasks_succeeded += bool(ok)
-            achieved.append(queue.pop(0))
-        if config.verify:
-            state = env.predicates()
-            violated = next((v for g in guards if (v := g(state, step)) is not None), None)
-            if violated:
-                result.reason = f"stopped by a guard: {violated}"
-                log("guard", why=violated)
-                break
-            lost = [e for s in achieved for e in s.effect if e in goal and not check([e])[e]]
-            if not ok or lost:
-                if result.replans >= config.max_replans:
-                    result.reason = f"replan budget ({config.max_replans}) spent"
-                    break
-                why = f"{step.goal_atom} not achieved" if not ok else f"{', '.join(lost)} no longer hold(s)"
-                plan = plan_now(why)
-                result.replans += 1
-                if plan is not None:
-                    result.retries += bool(plan.steps) and plan.steps[0].goal_atom == step.goal_atom
-                    queue = list(plan.steps)
-                    result.subtasks_planned += len(queue)
-        if done:
+    """Plan ``goal`` in ``env`` (already reset, ``obs`` its observation) and execute it until the plan is over or the
+    episode's step limit; ``options`` are :class:`PlanController`'s (seed, guards, on_event, after_subtask)."""
+    controller = PlanController(env, goal, planner, skills, verifier, config, **options)
+    while (action := controller.act(obs)) is not None:
+        out = env.step(action)
+        obs = out.observation
+        if out.done and not out.success:  # the episode's step limit
+            controller.result.reason = "step budget spent"
             break
-    final = check(goal)
-    result.verified = all(final.values()) if plan is not None else None
-    result.success = all(env.holds(a) for a in goal)
-    if not result.reason:
-        result.reason = (
-            "goal verified"
-            if result.verified
-            else ("step budget spent" if result.steps >= budget else "plan ended, goal not verified")
-        )
-    log("goal", verified=result.verified, success=result.success, reason=result.reason)
-    return result
+    return controller.finish(obs)
