@@ -251,3 +251,22 @@ def test_every_registered_long_horizon_task_grounds_plans_and_reaches_its_goal()
             assert set(goal) == set(env.goal), task
             result = execute(env, obs, goal, SymbolicPlanner(), ScriptedSkills(), GroundTruthVerifier())
             assert result.success, (task, result.reason, result.events)
+
+
+def test_the_planner_is_evaluated_blind_and_paired_by_the_runner(tmp_path):
+    pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
+    from lbm.errors import LbmError
+    from lbm.eval.records import load_records
+    from lbm.eval.runner import EvalConfig, run_evaluation
+
+    specs = ("flat=expert", "planned=plan://expert", "open_loop=plan://expert?verify=0&subtask_steps=240")
+    run_evaluation(EvalConfig(policy=specs, tasks="robosuite-stack@kinova3", trials=2, out=tmp_path / "e", progress=False))
+    records = load_records(tmp_path / "e")
+    assert len(records) == 6 and records.groupby("trial")["init_hash"].nunique().eq(1).all()  # paired
+    planned = records[records.policy == "planned"]
+    assert planned.success.all() and (planned.plan_subtasks_succeeded == 1).all() and (planned.plan_reason == "goal verified").all()
+    open_loop = records[records.policy == "open_loop"]
+    assert (open_loop.plan_subtasks_succeeded == 0).all() and (open_loop.plan_replans == 0).all()  # it checks nothing
+    assert records[records.policy == "flat"].plan_reason.isna().all()  # only planned policies report plan columns
+    with pytest.raises(LbmError, match="unknown plan:// option"):
+        run_evaluation(EvalConfig(policy=("x=plan://expert?verfy=0",), tasks="robosuite-lift@ur5e", trials=1, out=tmp_path / "f"))

@@ -198,6 +198,9 @@ class PlanController:
         if obs is not None:
             self.obs = obs
         r = self.result
+        if self.queue and self.ticks and not r.reason:  # the episode ended mid-subtask (e.g. the goal was reached)
+            r.subtasks_succeeded += bool(self._close(self.queue[0]))
+            self.ticks = 0
         r.verified = all(self._check(self.goal).values()) if self.planned else None
         r.success = all(self.scene.holds(a) for a in self.goal)
         if not r.reason:
@@ -237,13 +240,18 @@ class PlanController:
         if self.queue:
             self.skills.start(self.queue[0], self.seed + self.result.steps)
 
-    def _end(self, step: Step) -> None:
-        """A subtask attempt is over: check its effect and the guards, move on or re-plan."""
-        r, config = self.result, self.config
-        ok = all(self._check(step.effect).values()) if config.verify else None
+    def _close(self, step: Step) -> bool | None:
+        """Check a finished attempt's effect (None: open loop, unchecked) and log it."""
+        ok = all(self._check(step.effect).values()) if self.config.verify else None
         outcome = {True: "done", False: "failed", None: "unchecked"}[ok]
         self._log("subtask", subtask=step.instruction, effect=list(step.effect), outcome=outcome, steps=self.ticks,
                   seconds=round(time.perf_counter() - self.started, 3))  # fmt: skip
+        return ok
+
+    def _end(self, step: Step) -> None:
+        """A subtask attempt is over: check its effect and the guards, move on or re-plan."""
+        r, config = self.result, self.config
+        ok = self._close(step)
         if self.after_subtask:
             self.after_subtask(self.env, step, bool(ok))
         if ok or not config.verify:

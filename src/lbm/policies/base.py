@@ -147,6 +147,15 @@ class PrivilegedPolicy(abc.ABC):
         """Actions for every slot from its environment (``states[i]`` holds it)."""
 
 
+@runtime_checkable
+class ReportingState(Protocol):
+    """A per-episode policy state that adds columns to its trial's record (a planner's subtask counts)."""
+
+    def record(self) -> dict[str, Any]:
+        """Columns for the trial's record (JSON-able scalars)."""
+        ...
+
+
 class TrainablePolicy(Protocol):
     """What the single training loop needs from a model (a ``torch.nn.Module``)."""
 

@@ -27,7 +27,7 @@ from lbm.eval.runner.config import EvalConfig
 from lbm.eval.runner.envpool import EnvPool
 from lbm.eval.runner.sources import AnyPolicy
 from lbm.eval.schedule import TrialItem
-from lbm.policies.base import PrivilegedPolicy
+from lbm.policies.base import PrivilegedPolicy, ReportingState
 
 
 class Slot:
@@ -192,6 +192,11 @@ def _record(s: Slot, t0: float, execute_steps: int, batch_size: int, worker: int
         extra["video"] = write_video(config.out, s.item, s.frames, s.env.embodiment.control_hz)
     for h in s.hooks:
         extra.update(h.record())
+    if isinstance(s.state, ReportingState):  # e.g. a planned policy's subtasks, replans and verifier disagreements
+        try:
+            extra.update(s.state.record())
+        except Exception as e:  # noqa: BLE001 - a state that cannot report loses its columns, never the trial
+            extra["state_record_error"] = short(e)
     if s.item.init_state is not None:
         extra["init_state"] = s.item.init_state
     if s.env is not None and s.env.spec.goal and s.steps:
