@@ -264,7 +264,9 @@ def test_the_planner_is_evaluated_blind_and_paired_by_the_runner(tmp_path):
     records = load_records(tmp_path / "e")
     assert len(records) == 6 and records.groupby("trial")["init_hash"].nunique().eq(1).all()  # paired
     planned = records[records.policy == "planned"]
-    assert planned.success.all() and (planned.plan_subtasks_succeeded == 1).all() and (planned.plan_reason == "goal verified").all()
+    assert (
+        planned.success.all() and (planned.plan_subtasks_succeeded == 1).all() and (planned.plan_reason == "goal verified").all()
+    )
     open_loop = records[records.policy == "open_loop"]
     assert (open_loop.plan_subtasks_succeeded == 0).all() and (open_loop.plan_replans == 0).all()  # it checks nothing
     assert records[records.policy == "flat"].plan_reason.isna().all()  # only planned policies report plan columns
