@@ -38,6 +38,7 @@ def main() -> None:
 
     from lbm.plan import Grounder, SymbolicPlanner, scene_state
     from lbm.sim import TASK_SETS, eval_seed, make_env
+    from lbm.sim.base import SymbolicScene
 
     tasks = [*TASK_SETS.get("libero-10", ()), *TASK_SETS.get("libero-goal", ()), "robosuite-stack@panda"]
     repeats = args.repeats
@@ -47,6 +48,7 @@ def main() -> None:
 
     def measure(task: str) -> dict:
         with make_env(task) as env:
+            assert isinstance(env, SymbolicScene), task
             env.reset(eval_seed(task, 0))
             state = scene_state(env)
             grounder = Grounder(state, env.position)
