@@ -63,9 +63,7 @@ def main() -> None:
             )
 
     rows = [measure(task) for task in tasks]
-    print(
-        f"| task | plan steps | ground (ms) | plan (ms) | scene atoms (ms) | verify goal (ms) | (median / p90 of {repeats})"
-    )
+    print(f"| task | plan steps | ground (ms) | plan (ms) | scene atoms (ms) | verify goal (ms) | (median / p90 of {repeats})")
     print("|---|---|---|---|---|---|")
     for r in rows:
         cells = [

@@ -10,7 +10,10 @@ goal, so (a) gives it the whole goal, (b) and (c) give it the planner's subtask 
   (c) replan      plan://CKPT             planner + skill policy + verification and replanning (privileged verifier)
   ceiling         expert (flat) and plan://expert (the scripted skills, planned and verified)
 
-A learned verifier, arm (d), is not built yet. Prints goal success and goal-atom ("subtask") success with
+  (d) learned     plan://CKPT?verifier=DIR as (c) with a learned success detector (an MLP over the observed
+                  state, trained on the same demos' per-frame atoms) instead of the simulator's truth
+
+Prints goal success and goal-atom ("subtask") success with
 exact intervals, replans and planner time per arm, then lbm's comparison (Boschloo + Holm per task,
 letters, CMH across tasks); writes benchmarks/results/plan_vs_flat.{json,md}.
 
@@ -72,11 +75,17 @@ def main() -> None:
     )
     config = replace(config, policy=replace(config.policy, constant_dims=constant_marks(data, config.policy)))
     checkpoint = train(config)
+    from lbm.plan import LearnedVerifier
+
+    verifier, verifier_metrics = LearnedVerifier.train(data)
+    verifier_dir = verifier.save(work / "verifier")
+    print(f"learned verifier, held-out demo frames: {verifier_metrics}")
     trained_s = time.perf_counter() - start
     policies = (
         f"flat={checkpoint}",
         f"open_loop=plan://{checkpoint}?verify=0",
         f"replan=plan://{checkpoint}",
+        f"learned=plan://{checkpoint}?verifier={verifier_dir}",
         "expert=expert",
         "planned_expert=plan://expert",
     )
@@ -118,12 +127,25 @@ def main() -> None:
             f"| {r['policy']} | {r['success']}/{r['n']} | [{r['lo']:.2f}, {r['hi']:.2f}] | {r['atoms']}/{r['atoms_n']} | "
             f"[{r['atoms_lo']:.2f}, {r['atoms_hi']:.2f}] | {replans} | {planner} | {r['steps']:.0f} |"
         )
+    learned = df[df.policy == "learned"]
+    confusion = {k: int(learned[f"plan_verifier_{k}"].sum()) for k in ("tp", "fp", "fn", "tn")}
+    tp, fp, fn = confusion["tp"], confusion["fp"], confusion["fn"]
+    lines += [
+        "",
+        f"Learned verifier: on held-out demo frames precision {verifier_metrics['precision']:.3f}, recall "
+        f"{verifier_metrics['recall']:.3f}, accuracy {verifier_metrics['accuracy']:.3f} ({verifier_metrics['frames']} frames); "
+        f"during the (d) rollouts against the simulator's truth: {confusion} -> precision "
+        f"{tp / (tp + fp) if tp + fp else float('nan'):.3f}, recall {tp / (tp + fn) if tp + fn else float('nan'):.3f}.",
+    ]
     lines += ["", "Verdicts (lbm stats: Boschloo + Holm per task, CMH across tasks):", *(f"- {v}" for v in result["verdicts"])]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(rows=rows, comparison=result, tasks=tasks, args=vars(args)), indent=2, default=json_default))
+    payload = dict(
+        rows=rows, comparison=result, tasks=tasks, args=vars(args), verifier=verifier_metrics, verifier_rollouts=confusion
+    )
+    out.write_text(json.dumps(payload, indent=2, default=json_default))
     out.with_suffix(".md").write_text(text + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}; records in {folder}")
 

@@ -272,3 +272,30 @@ def test_the_planner_is_evaluated_blind_and_paired_by_the_runner(tmp_path):
     assert records[records.policy == "flat"].plan_reason.isna().all()  # only planned policies report plan columns
     with pytest.raises(LbmError, match="unknown plan:// option"):
         run_evaluation(EvalConfig(policy=("x=plan://expert?verfy=0",), tasks="robosuite-lift@ur5e", trials=1, out=tmp_path / "f"))
+
+
+def test_a_learned_verifier_trains_on_demo_atoms_and_is_scored_against_the_truth(tmp_path):
+    pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
+    from lbm.data import generate_demos
+    from lbm.errors import LbmError
+    from lbm.plan import LearnedVerifier
+    from lbm.sim import eval_seed, make_env
+
+    task = "robosuite-lift@panda"
+    data = generate_demos([task], 4, tmp_path / "demos", workers=1, progress=False).root
+    verifier, metrics = LearnedVerifier.train(data, steps=300)
+    assert verifier.atoms == ("lifted(cube)",) and metrics["test_episodes"] == 1 and metrics["frames"] > 50
+    assert metrics["tp"] + metrics["fn"] > 0 and metrics["tn"] + metrics["fp"] > 0  # both classes among held-out frames
+    assert metrics["accuracy"] > 0.8  # lifting is visible in the cube's height in the observed state
+    again = LearnedVerifier.load(verifier.save(tmp_path / "verifier"))
+    np.testing.assert_allclose(again.probabilities(np.zeros((1, 30))), verifier.probabilities(np.zeros((1, 30))))
+    with pytest.raises(LbmError, match="not a learned verifier"):
+        LearnedVerifier.load(tmp_path)
+    with make_env(task) as env:
+        obs = env.reset(eval_seed(task, 0))
+        with pytest.raises(PlanningError, match="not trained on on"):
+            verifier.check(env, obs, ["on(cube,cube)"])
+        result = execute(env, obs, env.goal, SymbolicPlanner(), ScriptedSkills(), verifier)
+    confusion = result.verifier_confusion
+    assert sum(confusion.values()) > 10 and result.verifier_disagreements == confusion["fp"] + confusion["fn"]
+    assert result.success  # the verifier's judgement ended the lift where the truth says it holds

@@ -17,6 +17,7 @@ from lbm.plan.execute import (
 )
 from lbm.plan.ground import Grounder, Grounding
 from lbm.plan.symbolic import Plan, Planner, PlanningError, SceneState, Step, SymbolicPlanner
+from lbm.plan.verifier import LearnedVerifier
 
 __all__ = [
     "ExecuteConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "Grounder",
     "Grounding",
     "GroundTruthVerifier",
+    "LearnedVerifier",
     "Plan",
     "Planner",
     "PlanningError",

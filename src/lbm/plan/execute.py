@@ -119,6 +119,8 @@ class GoalResult:
     """Re-plans whose first step repeats the step that failed."""
     verifier_disagreements: int = 0
     """Checks where the verifier and the simulator's ground truth disagreed."""
+    verifier_confusion: dict[str, int] = field(default_factory=lambda: dict(tp=0, fp=0, fn=0, tn=0))
+    """The verifier's checks against the simulator's truth ("positive": the atom holds), for a learned verifier."""
     steps: int = 0
     planner_seconds: float = 0.0
     reason: str = ""
@@ -231,7 +233,11 @@ class PlanController:
         assert self.obs is not None
         seen = self.verifier.check(self.scene, self.obs, atoms)
         if self.verifier.name != "privileged":  # how often a learned verifier disagrees with the ground truth
-            self.result.verifier_disagreements += sum(seen[a] != self.scene.holds(a) for a in atoms)
+            confusion = self.result.verifier_confusion
+            for a in atoms:
+                truth = self.scene.holds(a)
+                confusion[("t" if seen[a] == truth else "f") + ("p" if seen[a] else "n")] += 1
+                self.result.verifier_disagreements += seen[a] != truth
         return seen
 
     def _begin(self) -> None:

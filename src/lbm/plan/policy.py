@@ -2,7 +2,8 @@
 
 ``SKILLS`` is ``expert`` (the scripted skills, the ceiling) or a checkpoint folder of a skill policy
 conditioned on subtask instructions. Query options: ``verify`` (1: verify and re-plan, 0: open
-loop), ``replans``, ``subtask_steps``, ``settle``. Each episode grounds the observed instruction in
+loop), ``replans``, ``subtask_steps``, ``settle``, ``verifier`` (a learned verifier's folder; default:
+the simulator's privileged symbolic state). Each episode grounds the observed instruction in
 the scene, plans with the symbolic planner and runs a :class:`~lbm.plan.execute.PlanController`;
 its counts (subtasks planned and done, replans, retries, planner time, why it stopped, every
 decision) become columns of the trial's record, so the runner's blinding, pairing and statistics
@@ -21,21 +22,31 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from lbm.errors import LbmError
-from lbm.plan.execute import ExecuteConfig, GroundTruthVerifier, PlanController, PolicySkills, ScriptedSkills, Skills, scene_state
+from lbm.plan.execute import (
+    ExecuteConfig,
+    GroundTruthVerifier,
+    PlanController,
+    PolicySkills,
+    ScriptedSkills,
+    Skills,
+    Verifier,
+    scene_state,
+)
 from lbm.plan.ground import Grounder
 from lbm.plan.symbolic import PlanningError, SymbolicPlanner
+from lbm.plan.verifier import LearnedVerifier
 from lbm.policies.base import Chunk, ChunkRequest, EpisodeSource, Policy, PolicyState, PrivilegedPolicy
 from lbm.schema import Observation
 
 SCHEME = "plan"
-OPTIONS = {"verify": int, "replans": int, "subtask_steps": int, "settle": int}
+OPTIONS = {"verify": int, "replans": int, "subtask_steps": int, "settle": int, "verifier": str}
 
 
 class PlannedEpisode:
     """One episode's planner state: the controller (built at the first observation, which carries the goal)."""
 
-    def __init__(self, env: Any, skills: Skills, config: ExecuteConfig, seed: int) -> None:
-        self.env, self.skills, self.config, self.seed = env, skills, config, seed
+    def __init__(self, env: Any, skills: Skills, verifier: Verifier, config: ExecuteConfig, seed: int) -> None:
+        self.env, self.skills, self.verifier, self.config, self.seed = env, skills, verifier, config, seed
         self.controller: PlanController | None = None
         self.refused = ""
         self.last: np.ndarray | None = None
@@ -45,7 +56,7 @@ class PlannedEpisode:
             try:
                 goal = Grounder(scene_state(self.env), self.env.position).ground(obs.instruction).atoms
                 self.controller = PlanController(
-                    self.env, goal, SymbolicPlanner(), self.skills, GroundTruthVerifier(), self.config, seed=self.seed
+                    self.env, goal, SymbolicPlanner(), self.skills, self.verifier, self.config, seed=self.seed
                 )
             except PlanningError as error:
                 self.refused = str(error)
@@ -67,6 +78,7 @@ class PlannedEpisode:
             plan_replans=r.replans,
             plan_retries=r.retries,
             plan_verifier_disagreements=r.verifier_disagreements,
+            **{f"plan_verifier_{k}": v for k, v in r.verifier_confusion.items()},
             plan_verified=bool(r.verified),
             plan_seconds=round(r.planner_seconds, 4),
             plan_reason=r.reason,
@@ -77,8 +89,9 @@ class PlannedEpisode:
 class PlannedPolicy(PrivilegedPolicy):
     """Planner + skills + verification behind the runner's policy contract (one action per call)."""
 
-    def __init__(self, skills: str, config: ExecuteConfig) -> None:
+    def __init__(self, skills: str, config: ExecuteConfig, verifier: str = "") -> None:
         self.source, self.config = skills, config
+        self.verifier: Verifier = LearnedVerifier.load(verifier) if verifier else GroundTruthVerifier()
         self.skill_policy: Policy | None = None
         if skills != "expert":
             from lbm.train import load_policy
@@ -86,11 +99,11 @@ class PlannedPolicy(PrivilegedPolicy):
             self.skill_policy = load_policy(skills)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "skills": self.source, "verify": self.config.verify}
+        return {**super().describe(), "skills": self.source, "verify": self.config.verify, "verifier": self.verifier.name}
 
     def reset(self, seed: int | None = None, *, env: EpisodeSource) -> PolicyState:
         skills: Skills = ScriptedSkills() if self.skill_policy is None else PolicySkills(self.skill_policy)
-        return PlannedEpisode(env, skills, self.config, int(seed or 0))
+        return PlannedEpisode(env, skills, self.verifier, self.config, int(seed or 0))
 
     def predict_chunk(
         self, observations: Sequence[Observation], states: Sequence[PolicyState], request: ChunkRequest = ChunkRequest()
@@ -108,7 +121,7 @@ def load_planned(spec: Any, seed: int) -> PlannedPolicy:
     if unknown:
         raise LbmError(f"Policy {spec.name!r}: unknown plan:// option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}.")
     try:
-        values = {k: OPTIONS[k](v) for k, v in query.items()}
+        values: dict[str, Any] = {k: OPTIONS[k](v) for k, v in query.items()}
     except ValueError:
         raise LbmError(f"Policy {spec.name!r}: plan:// options are integers, got {query}.") from None
     config = ExecuteConfig()
@@ -119,4 +132,4 @@ def load_planned(spec: Any, seed: int) -> PlannedPolicy:
         subtask_steps=values.get("subtask_steps", config.subtask_steps),
         settle_steps=values.get("settle", config.settle_steps),
     )
-    return PlannedPolicy(skills, config)
+    return PlannedPolicy(skills, config, values.get("verifier", ""))
