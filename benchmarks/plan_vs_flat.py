@@ -11,7 +11,7 @@ goal, so (a) gives it the whole goal, (b) and (c) give it the planner's subtask 
   ceiling         expert (flat) and plan://expert (the scripted skills, planned and verified)
 
   (d) learned     plan://CKPT?verifier=DIR as (c) with a learned success detector (an MLP over the observed
-                  state, trained on the same demos' per-frame atoms) instead of the simulator's truth
+                  state, trained on scripted rollouts labelled with the true atoms) instead of the simulator's truth
 
 Prints goal success and goal-atom ("subtask") success with
 exact intervals, replans and planner time per arm, then lbm's comparison (Boschloo + Holm per task,
@@ -77,7 +77,7 @@ def main() -> None:
     checkpoint = train(config)
     from lbm.plan import LearnedVerifier
 
-    verifier, verifier_metrics = LearnedVerifier.train(data)
+    verifier, verifier_metrics = LearnedVerifier.train(tasks, episodes=max(2, args.episodes // 3))
     verifier_dir = verifier.save(work / "verifier")
     print(f"learned verifier, held-out demo frames: {verifier_metrics}")
     trained_s = time.perf_counter() - start
@@ -132,7 +132,7 @@ def main() -> None:
     tp, fp, fn = confusion["tp"], confusion["fp"], confusion["fn"]
     lines += [
         "",
-        f"Learned verifier: on held-out demo frames precision {verifier_metrics['precision']:.3f}, recall "
+        f"Learned verifier: on held-out labelled rollouts precision {verifier_metrics['precision']:.3f}, recall "
         f"{verifier_metrics['recall']:.3f}, accuracy {verifier_metrics['accuracy']:.3f} ({verifier_metrics['frames']} frames); "
         f"during the (d) rollouts against the simulator's truth: {confusion} -> precision "
         f"{tp / (tp + fp) if tp + fp else float('nan'):.3f}, recall {tp / (tp + fn) if tp + fn else float('nan'):.3f}.",

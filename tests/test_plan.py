@@ -274,16 +274,14 @@ def test_the_planner_is_evaluated_blind_and_paired_by_the_runner(tmp_path):
         run_evaluation(EvalConfig(policy=("x=plan://expert?verfy=0",), tasks="robosuite-lift@ur5e", trials=1, out=tmp_path / "f"))
 
 
-def test_a_learned_verifier_trains_on_demo_atoms_and_is_scored_against_the_truth(tmp_path):
+def test_a_learned_verifier_trains_on_labelled_rollouts_and_is_scored_against_the_truth(tmp_path):
     pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
-    from lbm.data import generate_demos
     from lbm.errors import LbmError
     from lbm.plan import LearnedVerifier
     from lbm.sim import eval_seed, make_env
 
     task = "robosuite-lift@panda"
-    data = generate_demos([task], 4, tmp_path / "demos", workers=1, progress=False).root
-    verifier, metrics = LearnedVerifier.train(data, steps=300)
+    verifier, metrics = LearnedVerifier.train([task], episodes=4, steps=300)
     assert verifier.atoms == ("lifted(cube)",) and metrics["test_episodes"] == 1 and metrics["frames"] > 50
     assert metrics["tp"] + metrics["fn"] > 0 and metrics["tn"] + metrics["fp"] > 0  # both classes among held-out frames
     assert metrics["accuracy"] > 0.8  # lifting is visible in the cube's height in the observed state

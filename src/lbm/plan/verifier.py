@@ -1,12 +1,12 @@
 """A learned success detector: does an atom hold, judged from the observation alone (no simulator).
 
 For settings with no ground-truth symbolic state (a real robot), the executor's verifier must be
-learned. This one is a small MLP over the observed (normalized) state with one logit per atom it
-knows, trained on the per-frame atoms that demonstration datasets of symbolic tasks carry (labels
-for free: every frame of a LIBERO or robosuite demo records its true atoms). Frames of a task that
-does not define an atom are masked out of that atom's loss. Its precision and recall are measured
-on held-out episodes, and during execution against the simulator's truth (the executor counts
-every check where the two disagree).
+learned. This one is a small MLP over the observed (normalized) state with one logit per goal atom
+of its training tasks, trained on rollouts labelled by the simulator's truth at every step (the
+labels a real deployment would get from annotated rollouts); frames of a task that does not define
+an atom are masked out of that atom's loss. Its precision and recall are measured on held-out
+rollouts, and during execution against the simulator's truth (the executor counts every check
+where the two disagree).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from lbm.errors import LbmError
 from lbm.plan.symbolic import PlanningError
-from lbm.schema import STATE, Observation
+from lbm.schema import Observation
 
 FILES = ("verifier.json", "verifier.safetensors")
 
@@ -34,23 +34,51 @@ def _mlp(inputs: int, hidden: int, outputs: int):
     )  # fmt: skip
 
 
-def _labels(dataset: Any, episodes: Sequence[int], vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """States ``(N, D)``, labels ``(N, K)`` and label masks ``(N, K)`` of the frames of ``episodes``."""
-    states = dataset.frames(STATE)
-    xs, ys, ms = [], [], []
+def collect(tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset: int = 0) -> dict[str, Any]:
+    """Rollouts of the scripted expert on ``tasks`` with the true goal atoms of every step, continued ``after``
+    steps past success (demonstrations stop at success, so they hold almost no frame where the goal holds).
+
+    Returns ``states (N, D)``, ``labels``/``mask (N, K)`` over the tasks' goal atoms, ``episode (N,)`` and
+    the ``atoms`` vocabulary; every task must share one embodiment (the verifier reads its states)."""
+    from lbm.sim import demo_seed, embodiment_of, get_task, make_env
+    from lbm.sim.base import SymbolicScene
+
+    bodies = {embodiment_of(t).name for t in tasks}
+    if len(bodies) != 1:
+        raise LbmError(f"A learned verifier reads one body's states; these tasks are on {', '.join(sorted(bodies))}.")
+    vocabulary = sorted({a for t in tasks for a in get_task(t).goal})
     column = {a: k for k, a in enumerate(vocabulary)}
-    for i in episodes:
-        names, atoms = dataset.atoms(i)
-        lo, hi = dataset.episode_bounds(i)
-        y = np.zeros((hi - lo, len(vocabulary)), np.float32)
-        m = np.zeros_like(y)
-        for j, name in enumerate(names):
-            if name in column:
-                y[:, column[name]], m[:, column[name]] = atoms[:, j], 1.0
-        xs.append(states[lo:hi])
-        ys.append(y)
-        ms.append(m)
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ms)
+    xs, ys, ms, eps = [], [], [], []
+    for t in tasks:
+        with make_env(t, max_steps=get_task(t).max_steps + after) as env:
+            if not isinstance(env, SymbolicScene):
+                raise LbmError(
+                    f"{t}: a learned verifier is trained on scenes with atoms (LIBERO, robosuite), not {env.spec.suite}."
+                )
+            goal = get_task(t).goal
+            for e in range(episodes):
+                obs = env.reset(demo_seed(t, seed_offset + e))
+                left = None
+                while left is None or left > 0:
+                    y, m = np.zeros(len(vocabulary), np.float32), np.zeros(len(vocabulary), np.float32)
+                    for a in goal:
+                        y[column[a]], m[column[a]] = env.holds(a), 1.0
+                    xs.append(obs.state)
+                    ys.append(y)
+                    ms.append(m)
+                    eps.append(f"{t}#{e}")
+                    out = env.step(env.expert_action())
+                    obs = out.observation
+                    if out.success and left is None:
+                        left = after
+                    if left is not None:
+                        left -= 1
+                    if out.done and not out.success:
+                        break
+    return dict(
+        states=np.asarray(xs, np.float32), labels=np.asarray(ys), mask=np.asarray(ms), episode=np.asarray(eps),
+        atoms=vocabulary, embodiment=bodies.pop(),
+    )  # fmt: skip
 
 
 class LearnedVerifier:
@@ -86,31 +114,29 @@ class LearnedVerifier:
     # ---- training and files --------------------------------------------------------------------
     @classmethod
     def train(
-        cls, dataset_root: str | Path, *, steps: int = 1500, hidden: int = 128, holdout: float = 0.2, seed: int = 0
+        cls,
+        tasks: Sequence[str],
+        episodes: int = 6,
+        *,
+        steps: int = 1500,
+        hidden: int = 128,
+        holdout: float = 0.25,
+        seed: int = 0,
     ) -> tuple[LearnedVerifier, dict]:
-        """Fit on a symbolic dataset's frames (the last ``holdout`` of each task's episodes held out); returns
-        the verifier and its held-out precision / recall / accuracy per atom and overall."""
+        """Fit on :func:`collect` rollouts of ``tasks`` (the last ``holdout`` of each task's episodes held out);
+        returns the verifier and its held-out precision / recall / accuracy over every labelled check."""
         import torch
 
-        from lbm.data import EpisodeDataset
-        from lbm.sim import get_task
-
-        ds = EpisodeDataset(dataset_root)
-        by_task: dict[str, list[int]] = {}
-        for i in range(ds.num_episodes):
-            by_task.setdefault(ds.episode_sim_task(i), []).append(i)
-        vocabulary = sorted({a for task in by_task for a in get_task(task).goal})
-        train_eps, test_eps = [], []
-        for eps in by_task.values():
-            cut = max(1, round(len(eps) * (1 - holdout))) if len(eps) > 1 else len(eps)
-            train_eps += eps[:cut]
-            test_eps += eps[cut:]
-        x, y, m = _labels(ds, train_eps, vocabulary)
+        data = collect(tasks, episodes)
+        cut = max(1, round(episodes * (1 - holdout))) if episodes > 1 else episodes
+        held = {f"{t}#{e}" for t in tasks for e in range(cut, episodes)}
+        test = np.isin(data["episode"], list(held))
+        x, y, m = data["states"][~test], data["labels"][~test], data["mask"][~test]
         mean, std = x.mean(0), x.std(0) + 1e-3  # near-constant dims (object orientations) stay finite
         torch.manual_seed(seed)
-        model = _mlp(x.shape[1], hidden, len(vocabulary))
+        model = _mlp(x.shape[1], hidden, len(data["atoms"]))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-        xt, yt, mt = (torch.from_numpy(a) for a in ((x - mean) / std, y, m))
+        xt, yt, mt = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in ((x - mean) / std, y, m))
         rng = np.random.default_rng(seed)
         for _ in range(steps):
             idx = torch.from_numpy(rng.integers(0, len(xt), size=min(256, len(xt))))
@@ -119,20 +145,20 @@ class LearnedVerifier:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        verifier = cls(model, vocabulary, mean, std, ds.embodiment.name)
-        metrics = verifier.score(ds, test_eps or train_eps)
-        metrics.update(train_episodes=len(train_eps), test_episodes=len(test_eps), atoms=len(vocabulary))
+        verifier = cls(model, data["atoms"], mean, std, data["embodiment"])
+        which = test if test.any() else ~test
+        metrics = verifier.score(data["states"][which], data["labels"][which], data["mask"][which])
+        metrics.update(train_frames=int((~test).sum()), test_episodes=len(held), atoms=len(data["atoms"]))
         return verifier, metrics
 
-    def score(self, dataset: Any, episodes: Sequence[int]) -> dict:
-        """Precision, recall and accuracy against the recorded truth of ``episodes``' frames."""
-        x, y, m = _labels(dataset, episodes, self.atoms)
-        pred = self.probabilities(x) > 0.5
-        truth, mask = y > 0.5, m > 0
-        tp, fp = int((pred & truth & mask).sum()), int((pred & ~truth & mask).sum())
-        fn, tn = int((~pred & truth & mask).sum()), int((~pred & ~truth & mask).sum())
+    def score(self, states: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
+        """Precision, recall and accuracy against true labels ``(N, K)`` where ``mask`` says the atom is defined."""
+        pred = self.probabilities(states) > 0.5
+        truth, defined = labels > 0.5, mask > 0
+        tp, fp = int((pred & truth & defined).sum()), int((pred & ~truth & defined).sum())
+        fn, tn = int((~pred & truth & defined).sum()), int((~pred & ~truth & defined).sum())
         return dict(
-            tp=tp, fp=fp, fn=fn, tn=tn, frames=int(len(x)),
+            tp=tp, fp=fp, fn=fn, tn=tn, frames=int(len(states)),
             precision=tp / (tp + fp) if tp + fp else float("nan"),
             recall=tp / (tp + fn) if tp + fn else float("nan"),
             accuracy=(tp + tn) / max(1, tp + fp + fn + tn),
