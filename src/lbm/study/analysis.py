@@ -193,6 +193,10 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
             )
             for f in fractions
         ]
+        # One family: both contrasts at every fraction, Holm-adjusted together.
+        tests = [r[k] for r in out["own_robot"] for k in ("cross_vs_own", "own_vs_scratch")]
+        for t, q in zip(tests, stats.adjust_pvalues([t["p"] for t in tests], "holm")):
+            t["p_holm"] = float(q)
 
     # Between-seed variation (training randomness is not in the evaluation error bars).
     if len(config.train_seeds) > 1:
@@ -277,19 +281,21 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             + f" Finetuned significantly better on {g['tasks_better_shift']}/{n_tasks} tasks under shift vs "
             f"{g['tasks_better_nominal']}/{n_tasks} nominal."
         )
+
+    def judge(c: dict, what: str) -> str:
+        if not c["p_holm"] <= config.alpha:  # NaN (no common task) is not significant either
+            return "no significant difference"
+        return f"{what} is " + ("better" if c["diff"] > 0 else "worse")
+
     for r in a.get("own_robot", []):
         c, o = r["cross_vs_own"], r["own_vs_scratch"]
         v.append(
             f"Other robots' data vs the held-out robot's own, both finetuned with {r['fraction']:.0%} of the task demos: "
             f"cross-embodiment {c['rate_a']:.2f} vs own-robot {c['rate_b']:.2f}, difference {c['diff']:+.2f} [95% CI "
-            f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g}: "
-            + (
-                ("cross-embodiment pretraining is " + ("better" if c["diff"] > 0 else "worse"))
-                if c["p"] <= config.alpha
-                else "no significant difference"
-            )
-            + f"; own-robot pretraining vs from scratch on the same demos: {o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], "
-            f"CMH p = {o['p']:.3g}."
+            f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g} (Holm {c['p_holm']:.3g}): "
+            f"{judge(c, 'cross-embodiment pretraining')}; own-robot pretraining vs from scratch on the same demos: "
+            f"{o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], CMH p = {o['p']:.3g} (Holm {o['p_holm']:.3g}): "
+            f"{judge(o, 'own-robot pretraining')}."
         )
     zs = a["aggregate"]["none"]["zero_shot_vs_scratch"]
     if zs["tasks"]:

@@ -105,18 +105,18 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
         sections.append(
             (
                 "Other robots' data vs the held-out robot's own (nominal; both finetuned on the same demos)",
-                ["fraction", "cross-embodiment", "own robot", "difference [95% stratified Newcombe]", "CMH p",
-                 "scratch, same demos", "own robot - scratch [95%]", "CMH p"],
+                ["fraction", "cross-embodiment", "own robot", "difference [95% stratified Newcombe]", "CMH p (Holm)",
+                 "scratch, same demos", "own robot - scratch [95%]", "CMH p (Holm)"],
                 [
                     [
                         f"{r['fraction']:.0%}",
                         f"{r['cross_vs_own']['rate_a']:.2f}",
                         f"{r['cross_vs_own']['rate_b']:.2f}",
                         ci(r["cross_vs_own"]),
-                        f"{r['cross_vs_own']['p']:.3g}",
+                        f"{r['cross_vs_own']['p']:.3g} ({r['cross_vs_own']['p_holm']:.3g})",
                         f"{r['own_vs_scratch']['rate_b']:.2f}",
                         ci(r["own_vs_scratch"]),
-                        f"{r['own_vs_scratch']['p']:.3g}",
+                        f"{r['own_vs_scratch']['p']:.3g} ({r['own_vs_scratch']['p_holm']:.3g})",
                     ]
                     for r in analysis["own_robot"]
                 ],
