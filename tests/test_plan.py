@@ -297,3 +297,29 @@ def test_a_learned_verifier_trains_on_labelled_rollouts_and_is_scored_against_th
     confusion = result.verifier_confusion
     assert sum(confusion.values()) > 10 and result.verifier_disagreements == confusion["fp"] + confusion["fn"]
     assert result.success  # the verifier's judgement ended the lift where the truth says it holds
+
+
+def test_plans_are_the_same_in_every_process():
+    """Grounding iterates sets (hash-seed dependent); the plan must depend on the scene and goal alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_plan import SymbolicPlanner, cube_scene; "
+        "goal = [f'in({c},bin_region)' for c in ('cubeA', 'cubeB', 'cubeC')]; "
+        "p = SymbolicPlanner().plan(goal, cube_scene(set())); "
+        "print([s.goal_atom for s in p.steps])"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": str(h), **_env()}
+        ).stdout
+        for h in (1, 2, 3, 4)
+    }
+    assert len(outs) == 1 and "cubeA" in outs.pop().split(",")[0]  # one plan, in goal order
+
+
+def _env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}

@@ -1,8 +1,9 @@
 """Executing a plan with verification and replanning (seed 003, Algorithm 1, steps 2-4).
 
 For each subtask the skill runs until its expected effect has held for ``settle_steps`` consecutive
-checks, or its step budget is spent; then the effect and the guards are checked on the *observed*
-symbolic state. A failed subtask, or an earlier effect that no longer holds, re-plans from the
+checks (for a placing skill, with the gripper commanded open all that time: an object that touches
+its target while still held is not placed, and the next skill would carry it off), or its step
+budget is spent; then the effect and the guards are checked on the *observed* symbolic state. A failed subtask, or an earlier effect that no longer holds, re-plans from the
 state now (bounded by ``max_replans`` and the episode's step budget). The goal is verified at the
 end. Without verification (``verify=False``, open loop) each subtask runs for its whole budget and
 execution moves on regardless. Every decision is an event of the trial's log.
@@ -95,9 +96,9 @@ class ExecuteConfig:
     """Check each subtask's effect and re-plan on failure (False: open loop, no checks until the end)."""
     subtask_steps: int = 200
     """Step budget of one attempt at one subtask."""
-    settle_steps: int = 5
-    """Consecutive checks the effect must hold before a subtask counts as done (a carried object can
-    pass through its target on the way)."""
+    settle_steps: int = 8
+    """Consecutive checks the effect must hold (and, for placing skills, the gripper be commanded open)
+    before a subtask counts as done: a carried object can pass through or touch its target on the way."""
     max_replans: int = 3
     """Re-plans allowed per goal."""
     planner_timeout_s: float = 5.0
@@ -167,6 +168,7 @@ class PlanController:
         self.queue: list[Step] = []
         self.obs: Observation | None = None
         self.ticks = self.held = 0
+        self.last: np.ndarray | None = None
         self.started = time.perf_counter()
         self.planned = self._plan("start")
         if self.planned:
@@ -185,7 +187,9 @@ class PlanController:
             return None
         step = self.queue[0]
         if self.ticks and self.config.verify:
-            self.held = self.held + 1 if all(self._check(step.effect).values()) else 0
+            # The last action dimension is the gripper (negative opens) on every scene lbm plans in.
+            released = step.skill == "pick-lift" or (self.last is not None and float(self.last[-1]) < 0)
+            self.held = self.held + 1 if released and all(self._check(step.effect).values()) else 0
         if self.ticks >= self.config.subtask_steps or (self.config.verify and self.held >= self.config.settle_steps):
             self._end(step)
             if self.finished:
@@ -193,7 +197,8 @@ class PlanController:
             step = self.queue[0]
         self.ticks += 1
         self.result.steps += 1
-        return self.skills.act(self.scene, obs, step)
+        self.last = np.asarray(self.skills.act(self.scene, obs, step))
+        return self.last
 
     def finish(self, obs: Observation | None = None) -> GoalResult:
         """Verify the goal now; the result, with every decision in its events."""

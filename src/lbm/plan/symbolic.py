@@ -146,6 +146,15 @@ class SymbolicPlanner:
         parser = Parser(None)  # parsed from strings: the domain ships with lbm, the problem is built here
         parser.domInput, parser.probInput = self.domain, problem
         task = grounding.ground(parser.parse_problem(parser.parse_domain(read_from_file=False), read_from_file=False))
+        # Grounding iterates sets, whose order changes with Python's per-process hash seed; A* breaks ties
+        # by successor order. Sorting the operators (those serving earlier goal atoms first) makes the
+        # plan a function of the scene and the goal alone, the same in every process.
+        names = [_pddl_name(a) for f in pending for a in parse_atom(f)[1]]
+
+        def rank(op) -> tuple[int, str]:
+            return next((k for k, n in enumerate(names) if f" {n} " in f"{op.name} "), len(names)), op.name
+
+        task.operators.sort(key=rank)
         heuristic = LmCutHeuristic(task)
         deadline = start + timeout_s
 
