@@ -3,10 +3,11 @@
 For each subtask the skill runs until its expected effect has held for ``settle_steps`` consecutive
 checks (for a placing skill, with the gripper commanded open all that time: an object that touches
 its target while still held is not placed, and the next skill would carry it off), or its step
-budget is spent; then the effect and the guards are checked on the *observed* symbolic state. A failed subtask, or an earlier effect that no longer holds, re-plans from the
-state now (bounded by ``max_replans`` and the episode's step budget). The goal is verified at the
-end. Without verification (``verify=False``, open loop) each subtask runs for its whole budget and
-execution moves on regardless. Every decision is an event of the trial's log.
+budget is spent; then the effect and the guards are checked on the *observed* symbolic state. A
+failed subtask, or an earlier effect that no longer holds, re-plans from the state now (bounded by
+``max_replans`` and the episode's step budget). The goal is verified at the end. Without
+verification (``verify=False``, open loop) each subtask runs for its whole budget and execution
+moves on regardless. Every decision is an event of the trial's log.
 """
 
 from __future__ import annotations
