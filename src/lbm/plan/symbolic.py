@@ -147,12 +147,12 @@ class SymbolicPlanner:
         parser.domInput, parser.probInput = self.domain, problem
         task = grounding.ground(parser.parse_problem(parser.parse_domain(read_from_file=False), read_from_file=False))
         # Grounding iterates sets, whose order changes with Python's per-process hash seed; A* breaks ties
-        # by successor order. Sorting the operators (those serving earlier goal atoms first) makes the
+        # by successor order. Sorting the operators (those moving earlier goal objects first) makes the
         # plan a function of the scene and the goal alone, the same in every process.
-        names = [_pddl_name(a) for f in pending for a in parse_atom(f)[1]]
+        order = {_pddl_name(parse_atom(f)[1][0]): k for k, f in reversed(list(enumerate(pending)))}
 
-        def rank(op) -> tuple[int, str]:
-            return next((k for k, n in enumerate(names) if f" {n} " in f"{op.name} "), len(names)), op.name
+        def rank(op) -> tuple[int, str]:  # op.name is "(skill object from [to])"
+            return order.get(op.name.strip("()").split()[1], len(order)), op.name
 
         task.operators.sort(key=rank)
         heuristic = LmCutHeuristic(task)
