@@ -79,7 +79,7 @@ def main() -> None:
 
     verifier, verifier_metrics = LearnedVerifier.train(tasks, episodes=max(2, args.episodes // 3))
     verifier_dir = verifier.save(work / "verifier")
-    print(f"learned verifier, held-out demo frames: {verifier_metrics}")
+    print(f"learned verifier, held-out rollout frames: {verifier_metrics}")
     trained_s = time.perf_counter() - start
     policies = (
         f"flat={checkpoint}",
