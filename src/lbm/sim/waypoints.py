@@ -130,8 +130,11 @@ def subtasks(goal: tuple[str, ...], objects: tuple[str, ...], words: Mapping[str
     return out
 
 
-PHASES = ("above", "descend", "close", "lift", "carry", "lower", "release", "retreat", "verify")
-LIMITS = {"above": 80, "descend": 40, "close": 12, "lift": 40, "carry": 90, "lower": 80, "release": 8, "retreat": 15}
+PHASES = ("rise", "above", "descend", "close", "lift", "carry", "lower", "release", "retreat", "verify")
+LIMITS = {"rise": 15, "above": 80, "descend": 40, "close": 12, "lift": 40, "carry": 90, "lower": 80, "release": 8, "retreat": 15}
+RISE = 0.1
+"""How far (m) a skill started by a planner first lifts the open hand: the previous skill may have been
+stopped right after its release, with the hand still down among the objects it just placed."""
 """Step limit of each phase: a phase that does not converge in time moves on (and the atom check decides)."""
 
 
@@ -162,7 +165,8 @@ class PickPlaceExpert:
             return
         self.plan, self.unsupported = [sub], None
         self.index, self.attempt = 0, 0
-        self._start("above")
+        self._start("rise")
+        self.rise_to = float(self.scene.eef()[0][2] + RISE)
 
     def subtask(self) -> tuple[int, str]:
         """The current subtask's index and instruction (the last one once all are done)."""
@@ -191,6 +195,11 @@ class PickPlaceExpert:
             return self._act(pos, pos, rot, 1.0 if self.plan and self.plan[-1].relation == "lifted" else -1.0)
         sub = self.plan[self.index]
         self.ticks += 1
+        if self.phase == "rise":  # only when a planner starts a skill (follow), never in a scripted demo
+            goal = np.array([pos[0], pos[1], self.rise_to])
+            if abs(pos[2] - self.rise_to) < 0.02 or self.ticks > LIMITS["rise"]:
+                self._next()
+            return self._act(pos, goal, rot, -1.0)
         if self.phase == "above":
             self._plan_grasp(sub)
             goal = np.array([*self.grasp[:2], self.grasp[2] + 0.09])
