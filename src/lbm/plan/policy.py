@@ -38,7 +38,6 @@ from lbm.plan.verifier import LearnedVerifier
 from lbm.policies.base import Chunk, ChunkRequest, EpisodeSource, Policy, PolicyState, PrivilegedPolicy
 from lbm.schema import Observation
 
-SCHEME = "plan"
 OPTIONS = {"verify": int, "replans": int, "subtask_steps": int, "settle": int, "verifier": str}
 
 

@@ -185,18 +185,19 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
     # Other robots' data vs the held-out robot's own (when the study has the own-robot arm): both
     # pretrained models finetuned on the same demos, at every fraction, nominal conditions.
     if (df["arm"] == "own_robot").any():
-        out["own_robot"] = [
-            dict(
-                fraction=f,
-                cross_vs_own=contrast(arm_cells(df, "finetuned", f, "none"), arm_cells(df, "own_robot", f, "none")),
-                own_vs_scratch=contrast(arm_cells(df, "own_robot", f, "none"), arm_cells(df, "scratch", f, "none")),
+        contrasts: list[tuple[float, dict, dict]] = [
+            (
+                f,
+                contrast(arm_cells(df, "finetuned", f, "none"), arm_cells(df, "own_robot", f, "none")),
+                contrast(arm_cells(df, "own_robot", f, "none"), arm_cells(df, "scratch", f, "none")),
             )
             for f in fractions
         ]
         # One family: both contrasts at every fraction, Holm-adjusted together.
-        tests = [r[k] for r in out["own_robot"] for k in ("cross_vs_own", "own_vs_scratch")]
+        tests = [t for _, cross, own in contrasts for t in (cross, own)]
         for t, q in zip(tests, stats.adjust_pvalues([t["p"] for t in tests], "holm")):
             t["p_holm"] = float(q)
+        out["own_robot"] = [dict(fraction=f, cross_vs_own=cross, own_vs_scratch=own) for f, cross, own in contrasts]
 
     # Between-seed variation (training randomness is not in the evaluation error bars).
     if len(config.train_seeds) > 1:
