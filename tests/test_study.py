@@ -140,6 +140,7 @@ def test_heldout_robot_study_adds_the_own_robot_arm(tmp_path):
         PROFILES["heldout-robot"],
         out=str(tmp_path),
         pretrain_tasks="robosuite-lift@panda",
+        pretrain_weights=(),
         own_pretrain_tasks="robosuite-stack@kinova3",
         pretrain_episodes_per_task=2,
         heldout_episodes_per_task=2,
@@ -175,7 +176,11 @@ def test_heldout_robot_study_adds_the_own_robot_arm(tmp_path):
         (dict(own_pretrain_tasks="robosuite-lift@kinova3"), "must not be pretraining tasks"),
         (dict(own_pretrain_tasks="robosuite-stack@ur5e"), "must all be on one body"),
         (dict(heldout_tasks="robosuite-lift@kinova3,robosuite-lift@kinova3-joint"), "must all be on one body"),
-        (dict(pretrain_tasks="robosuite-lift@ur5e,robosuite-stack@kinova3"), "already contain the held-out robot"),
+        (
+            dict(pretrain_tasks="robosuite-lift@ur5e,robosuite-stack@kinova3", pretrain_weights=()),
+            "already contain the held-out robot",
+        ),
+        (dict(pretrain_tasks="robosuite-lift@ur5e"), "--pretrain-weights has 5 values, but pretraining has 1 datasets"),
     ],
 )
 def test_own_robot_arm_refuses_a_study_that_would_not_compare_robots(changes, message):

@@ -136,6 +136,12 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
                 f"Held-out tasks must not be pretraining tasks, but {', '.join(overlap)} are in both {flag} and "
                 f"--heldout-tasks; the study would measure memorization. Pick disjoint task sets."
             )
+    bodies = list(dict.fromkeys(embodiment_of(t).name for t in pretrain))
+    if config.pretrain_weights and len(config.pretrain_weights) != len(bodies):
+        raise LbmError(
+            f"--pretrain-weights has {len(config.pretrain_weights)} values, but pretraining has {len(bodies)} datasets "
+            f"(one per robot body, in task order: {', '.join(bodies)})."
+        )
     if own:
         robots = {embodiment_of(t).name for t in heldout}
         foreign = sorted({embodiment_of(t).name for t in own} - robots)
@@ -246,12 +252,6 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     pretrain_data = pretraining_data(pretrain_tasks, "pretraining")
     own_data = pretraining_data(own_tasks, "own-robot pretraining") if own_tasks else []
-    if config.pretrain_weights and len(config.pretrain_weights) != len(pretrain_data):
-        names = ", ".join(EpisodeDataset(d).embodiment.name for d in pretrain_data)
-        raise LbmError(
-            f"--pretrain-weights has {len(config.pretrain_weights)} values, but pretraining has {len(pretrain_data)} "
-            f"datasets (one per robot body, in task order: {names})."
-        )
     seen_bodies = {embodiment_of(t).name for t in pretrain_tasks}
     task_data = {
         t: cache.stage(
