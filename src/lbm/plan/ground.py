@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lbm.plan.symbolic import PlanningError, SceneState
+from lbm.plan.symbolic import SKILLS, PlanningError, SceneState
 from lbm.sim.base import atom
 from lbm.sim.waypoints import target_words
 
@@ -82,10 +82,10 @@ class Grounder:
         position: Callable[[str], np.ndarray] | None = None,
         encode: Callable[[Sequence[str]], np.ndarray] | None = None,
     ) -> None:
-        if encode is None:
-            from lbm.policies.language import encode as minilm
+        if encode is None:  # every entity's words are embedded once per grounder, not once per phrase
+            from lbm.policies.language import InstructionCache
 
-            encode = minilm
+            encode = InstructionCache(use_user_cache=False).lookup
         self.scene, self.position, self.encode = scene, position, encode
         self.movables = list(scene.objects)
         self.places = list(scene.places)
@@ -98,7 +98,7 @@ class Grounder:
             verb = next((v for v in BEYOND if clause.startswith(v + " ")), None)
             if verb:
                 raise PlanningError(
-                    f"'{clause}' needs a skill to {verb}, which is beyond the skill library (pick-place, stack, pick-lift); "
+                    f"'{clause}' needs a skill to {verb}, which is beyond the skill library ({', '.join(SKILLS)}); "
                     "the goal is refused rather than planned without it."
                 )
             form, m = next(((f, m) for f, rx in _FORMS if (m := re.match(rx, clause))), (None, None))

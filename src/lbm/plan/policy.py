@@ -36,6 +36,7 @@ from lbm.plan.ground import Grounder
 from lbm.plan.symbolic import PlanningError, SymbolicPlanner
 from lbm.plan.verifier import LearnedVerifier
 from lbm.policies.base import Chunk, ChunkRequest, EpisodeSource, Policy, PolicyState, PrivilegedPolicy
+from lbm.policies.language import InstructionCache
 from lbm.schema import Observation
 
 OPTIONS = {"verify": int, "replans": int, "subtask_steps": int, "settle": int, "verifier": str}
@@ -44,8 +45,11 @@ OPTIONS = {"verify": int, "replans": int, "subtask_steps": int, "settle": int, "
 class PlannedEpisode:
     """One episode's planner state: the controller (built at the first observation, which carries the goal)."""
 
-    def __init__(self, env: Any, skills: Skills, verifier: Verifier, config: ExecuteConfig, seed: int) -> None:
+    def __init__(
+        self, env: Any, skills: Skills, verifier: Verifier, config: ExecuteConfig, seed: int, encode: InstructionCache
+    ) -> None:
         self.env, self.skills, self.verifier, self.config, self.seed = env, skills, verifier, config, seed
+        self.embeddings = encode
         self.controller: PlanController | None = None
         self.refused = ""
         self.last: np.ndarray | None = None
@@ -53,7 +57,8 @@ class PlannedEpisode:
     def act(self, obs: Observation) -> np.ndarray:
         if self.controller is None and not self.refused:
             try:
-                goal = Grounder(scene_state(self.env), self.env.position).ground(obs.instruction).atoms
+                grounder = Grounder(scene_state(self.env), self.env.position, self.embeddings.lookup)
+                goal = grounder.ground(obs.instruction).atoms
                 self.controller = PlanController(
                     self.env, goal, SymbolicPlanner(), self.skills, self.verifier, self.config, seed=self.seed
                 )
@@ -91,6 +96,8 @@ class PlannedPolicy(PrivilegedPolicy):
     def __init__(self, skills: str, config: ExecuteConfig, verifier: str = "") -> None:
         self.source, self.config = skills, config
         self.verifier: Verifier = LearnedVerifier.load(verifier) if verifier else GroundTruthVerifier()
+        # One cache for every episode: the same scenes' entity words are embedded once per process.
+        self.embeddings = InstructionCache(use_user_cache=False, max_added=10_000)
         self.skill_policy: Policy | None = None
         if skills != "expert":
             from lbm.train import load_policy
@@ -102,7 +109,7 @@ class PlannedPolicy(PrivilegedPolicy):
 
     def reset(self, seed: int | None = None, *, env: EpisodeSource) -> PolicyState:
         skills: Skills = ScriptedSkills() if self.skill_policy is None else PolicySkills(self.skill_policy)
-        return PlannedEpisode(env, skills, self.verifier, self.config, int(seed or 0))
+        return PlannedEpisode(env, skills, self.verifier, self.config, int(seed or 0), self.embeddings)
 
     def predict_chunk(
         self, observations: Sequence[Observation], states: Sequence[PolicyState], request: ChunkRequest = ChunkRequest()

@@ -24,6 +24,8 @@ from lbm.errors import LbmError
 from lbm.sim.base import atom, parse_atom
 from lbm.sim.waypoints import subtasks
 
+SKILLS = ("pick-place", "stack", "pick-lift")
+"""The skill library: the actions of ``domain.pddl``."""
 SKILL_PREDICATES = ("on", "in", "lifted")
 """Scene predicates the skill library can make true (every other goal predicate is refused)."""
 STACKABLE = ("cube", "block")
@@ -173,7 +175,7 @@ class SymbolicPlanner:
         if ops is None:
             raise PlanningError(
                 f"No plan exists for {', '.join(goal)} from the scene's current state with the skills "
-                f"{', '.join(('pick-place', 'stack', 'pick-lift'))} (e.g. a cycle of stacks, or a target that holds one object "
+                f"{', '.join(SKILLS)} (e.g. a cycle of stacks, or a target that holds one object "
                 "and is taken)."
             )
         steps = tuple(self._step(op.name, goal, scene) for op in ops)

@@ -132,10 +132,10 @@ def subtasks(goal: tuple[str, ...], objects: tuple[str, ...], words: Mapping[str
 
 PHASES = ("rise", "above", "descend", "close", "lift", "carry", "lower", "release", "retreat", "verify")
 LIMITS = {"rise": 15, "above": 80, "descend": 40, "close": 12, "lift": 40, "carry": 90, "lower": 80, "release": 8, "retreat": 15}
+"""Step limit of each phase: a phase that does not converge in time moves on (and the atom check decides)."""
 RISE = 0.1
 """How far (m) a skill started by a planner first lifts the open hand: the previous skill may have been
 stopped right after its release, with the hand still down among the objects it just placed."""
-"""Step limit of each phase: a phase that does not converge in time moves on (and the atom check decides)."""
 
 
 class PickPlaceExpert:
