@@ -9,11 +9,12 @@
     (movable ?o) (shared ?p) (stackable ?p) (distinct ?a ?b)
     (at ?o ?p) (clear ?x) (hand-empty) (lifted ?o))
 
-  ; pick-place(o, from, to) onto or into a place that holds many objects
+  ; pick-place(o, from, to) onto or into a place that holds many objects; a loaded place is not clear
+  ; (a bowl with something in it is not picked up), which matters only for places that are objects
   (:action pick-place
     :parameters (?o ?from ?to)
     :precondition (and (movable ?o) (at ?o ?from) (clear ?o) (hand-empty) (shared ?to) (distinct ?o ?to))
-    :effect (and (at ?o ?to) (not (at ?o ?from)) (clear ?from)))
+    :effect (and (at ?o ?to) (not (at ?o ?from)) (clear ?from) (not (clear ?to))))
 
   ; stack(o, from, to) onto an object that holds one
   (:action stack

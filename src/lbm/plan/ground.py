@@ -118,7 +118,7 @@ class Grounder:
             side = re.match(r"to the (left|right|front|back) of", prep)
             phrase = f"{side.group(1)} of the {groups['t']}" if side else groups["t"]
             options = [phrase, f"top of the {phrase}"] if prep == "on top of" else [phrase]
-            target, tsim = max((self.match(p, self.places, "place") for p in options), key=lambda r: r[1])
+            target, tsim = self._best(options)
             matches.append((phrase, target, tsim))
             for key in ("o", "o2"):
                 if not groups.get(key):
@@ -127,6 +127,18 @@ class Grounder:
                 matches.append((groups[key], obj, sim))
                 atoms.append(self._relation(obj, target, "in" if prep in ("in", "into", "inside") else "on"))
         return Grounding(sentence, tuple(atoms), tuple(matches))
+
+    def _best(self, options: Sequence[str]) -> tuple[str, float]:
+        """The best-matching place over alternative readings of a phrase; the first reading's refusal if none fits."""
+        found, errors = [], []
+        for phrase in options:
+            try:
+                found.append(self.match(phrase, self.places, "place"))
+            except PlanningError as error:
+                errors.append(error)
+        if not found:
+            raise errors[0]
+        return max(found, key=lambda r: r[1])
 
     def _relation(self, obj: str, target: str, said: str) -> str:
         """The scene's atom for obj at target: the one said when the scene defines it, else the one it defines."""

@@ -14,6 +14,7 @@ Meta-World has no symbolic layer: its only atom is ``success()``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -203,6 +204,7 @@ def atom(predicate: str, *args: str) -> str:
     return f"{predicate.lower()}({','.join(args)})"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # planners and guards parse the same atoms many times
 def parse_atom(text: str) -> tuple[str, tuple[str, ...]]:
     """Inverse of :func:`atom`: ``"on(a,b)" -> ("on", ("a", "b"))``."""
     text = text.strip()
