@@ -50,7 +50,7 @@ bench-quick: install
 
 install: $(STAMP)
 
-# Offscreen rendering libraries (Mesa EGL + OSMesa). Installed only when missing and when we can.
+# Offscreen rendering libraries (Mesa EGL + OSMesa) and MONA. Installed only when missing and when we can.
 system-deps:
 	@if ! ldconfig -p | grep -q 'libOSMesa.so' || ! ldconfig -p | grep -q 'libEGL_mesa.so'; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -59,6 +59,15 @@ system-deps:
 	     (apt-get update -q >/dev/null && apt-get install -y -q libosmesa6 libegl-mesa0 libgl1-mesa-dri >/dev/null)); \
 	  else \
 	    echo "warning: Mesa offscreen libraries missing; install libosmesa6 and libegl-mesa0 for camera observations"; \
+	  fi; \
+	fi
+	@# MONA compiles the plan guard's temporal-logic rules to automata (lbm.safety.ltlf).
+	@if ! command -v mona >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing MONA (Debian package mona) for the plan guard"; \
+	    (apt-get install -y -q mona >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q mona >/dev/null)); \
+	  else \
+	    echo "warning: MONA missing; install Debian's mona package for plan-level safety rules"; \
 	  fi; \
 	fi
 

@@ -27,6 +27,7 @@ OPTIONAL_EXTRAS = {
     "websockets": "serve",
     "msgpack": "serve",
     "pyperplan": "plan",
+    "ltlf2dfa": "safety",
 }
 
 # (words of the command) -> ("module:function", one-line summary)
@@ -50,6 +51,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("serve",): ("lbm.serve.commands:serve", "Serve a checkpoint over the openpi websocket protocol."),
     ("safety", "check"): ("lbm.safety.commands:check", "Run the instruction guard on one instruction."),
     ("safety", "redteam"): ("lbm.safety.commands:redteam", "Instruction-guard refusal rates on the red-team set."),
+    ("safety", "plan-redteam"): (
+        "lbm.safety.commands:plan_redteam",
+        "Plan-guard red team: unsafe-plan execution with and without guards, repair, latency.",
+    ),
     ("safety", "train-monitor"): ("lbm.safety.commands:train_monitor", "Train and calibrate a failure monitor."),
 }
 

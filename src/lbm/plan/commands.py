@@ -13,7 +13,16 @@ from typing import Annotated
 import tyro
 
 from lbm.errors import LbmError
-from lbm.plan.execute import ExecuteConfig, GroundTruthVerifier, PolicySkills, ScriptedSkills, Skills, execute, scene_state
+from lbm.plan.execute import (
+    ExecuteConfig,
+    GroundTruthVerifier,
+    PolicySkills,
+    ScriptedSkills,
+    Skills,
+    execute,
+    load_guard,
+    scene_state,
+)
 from lbm.plan.ground import Grounder
 from lbm.plan.symbolic import PlanningError, SymbolicPlanner
 from lbm.sim import eval_seed, get_task, make_env
@@ -37,6 +46,8 @@ class PlanConfig:
     """Planner time limit."""
     json: bool = False
     """Print the grounding and plan as JSON."""
+    rules: str = ""
+    """A safety rules file: check the plan against it and print the repair or the refusal."""
 
 
 def _scene(task: str, seed: int):
@@ -63,14 +74,20 @@ def plan(config: Annotated[PlanConfig, tyro.conf.arg(name="")]) -> int:
         grounding = Grounder(state, env.position).ground(sentence)
         ground_s = time.perf_counter() - start
         result = SymbolicPlanner().plan(grounding.atoms, state, timeout_s=config.timeout_s)
+        verdict = load_guard(config.rules)(env, state).check(result, state) if config.rules else None
     except PlanningError as error:
         print(f"refused: {error}")
         return 1
     finally:
         env.close()
+    if verdict is not None and not verdict.allowed:
+        print(f"refused by the plan guard: {verdict.reason}")
+        return 1
     if config.json:
+        guard = None if verdict is None else dict(repaired=verdict.repaired, edits=list(verdict.edits), reason=verdict.reason,
+                                                   steps=verdict.plan.describe() if verdict.plan else [])  # fmt: skip
         print(json.dumps(dict(goal=sentence, atoms=grounding.atoms, matches=grounding.matches, steps=result.describe(),
-                              ground_s=ground_s, plan_s=result.seconds), indent=2))  # fmt: skip
+                              ground_s=ground_s, plan_s=result.seconds, guard=guard), indent=2))  # fmt: skip
         return 0
     print(f"goal: {sentence}")
     for phrase, entity, sim in grounding.matches:
@@ -84,6 +101,12 @@ def plan(config: Annotated[PlanConfig, tyro.conf.arg(name="")]) -> int:
     )
     for line in result.describe() or ["(nothing to do: the goal holds)"]:
         print(f"  {line}")
+    if verdict is not None and verdict.repaired and verdict.plan is not None:
+        print(f"plan guard: {verdict.reason}\nrepaired plan ({', '.join(verdict.edits)}; {verdict.seconds * 1000:.0f} ms):")
+        for line in verdict.plan.describe():
+            print(f"  {line}")
+    elif verdict is not None:
+        print(f"plan guard: safe ({verdict.seconds * 1000:.1f} ms)")
     return 0
 
 
@@ -108,6 +131,9 @@ class RunConfig:
     """Step budget of one attempt at one subtask."""
     max_replans: int = 3
     """Re-plans allowed."""
+    rules: str = ""
+    """A safety rules file: every plan is checked (repaired or refused) and the observed scene checked after
+    each subtask; a broken rule stops the robot through the action shield's hold."""
 
 
 def run(config: Annotated[RunConfig, tyro.conf.arg(name="")]) -> int:
@@ -127,8 +153,9 @@ def run(config: Annotated[RunConfig, tyro.conf.arg(name="")]) -> int:
 
         def show(event: dict) -> None:
             kind = event["kind"]
-            if kind == "plan":
-                print(f"[{event['step']:4d}] plan ({event['why']}, {event['seconds'] * 1000:.1f} ms):", flush=True)
+            if kind in ("plan", "repair"):
+                edits = f"; {', '.join(event['edits'])}" if kind == "repair" else ""
+                print(f"[{event['step']:4d}] {kind} ({event['why']}{edits}, {event['seconds'] * 1000:.1f} ms):", flush=True)
                 for line in event["steps"]:
                     print(f"         {line}", flush=True)
             elif kind == "subtask":
@@ -143,7 +170,7 @@ def run(config: Annotated[RunConfig, tyro.conf.arg(name="")]) -> int:
         result = execute(
             env, obs, grounding.atoms, SymbolicPlanner(), skills, GroundTruthVerifier(),
             ExecuteConfig(verify=config.verify, subtask_steps=config.subtask_steps, max_replans=config.max_replans),
-            seed=config.seed, on_event=show,
+            seed=config.seed, on_event=show, guard=load_guard(config.rules) if config.rules else None,
         )  # fmt: skip
     except PlanningError as error:
         print(f"refused: {error}")

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lbm.plan.symbolic import Planner, PlanningError, SceneState, Step
+from lbm.errors import LbmError
+from lbm.plan.symbolic import Plan, Planner, PlanningError, SceneState, Step
 from lbm.policies.base import ChunkRequest, Policy
 from lbm.schema import Observation
 from lbm.sim.base import SimEnv, SymbolicScene
@@ -130,8 +131,44 @@ class GoalResult:
     events: list[dict] = field(default_factory=list)
 
 
-Guard = Callable[[dict[str, bool], Step | None], str | None]
-"""A rule check on the observed symbolic state after a subtask: None, or the violated rule and why."""
+@dataclass(frozen=True)
+class GuardVerdict:
+    """A plan guard's answer on one plan: run it (maybe repaired), or refuse it, and why."""
+
+    allowed: bool
+    plan: Plan | None
+    """The plan to run (the one checked, or its repair); None when refused."""
+    repaired: bool = False
+    edits: Sequence[str] = ()
+    reason: str = ""
+    seconds: float = 0.0
+
+
+class PlanGuard(Protocol):
+    """Safety rules on plans and states (Algorithm 1, step 2.1). :mod:`lbm.safety.plan_guard` implements it;
+    the planner only calls it, so the rules stay in the safety layer."""
+
+    def check(self, plan: Plan, scene: SceneState) -> GuardVerdict: ...
+
+    def observe(self, scene: SceneState, step: Step | None) -> str | None: ...
+
+    def hold_action(self, obs: Observation) -> np.ndarray | None: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+GuardFactory = Callable[[Any, SceneState], PlanGuard]
+"""Builds one episode's guard from its environment and the scene it starts in."""
+
+
+def load_guard(rules: str) -> GuardFactory:
+    """The plan guard for a rules file, from the ``lbm.plan_guards`` entry point (the safety layer provides it)."""
+    from importlib.metadata import entry_points
+
+    found = [e for e in entry_points(group="lbm.plan_guards") if e.name == "rules"]
+    if not found:
+        raise LbmError("No plan guard is installed (entry point lbm.plan_guards:rules); reinstall lbm.")
+    return found[0].load()(rules)
 
 
 def scene_state(env: SymbolicScene) -> SceneState:
@@ -154,7 +191,7 @@ class PlanController:
         config: ExecuteConfig = ExecuteConfig(),
         *,
         seed: int = 0,
-        guards: Sequence[Guard] = (),
+        guard: GuardFactory | None = None,
         on_event: Callable[[dict], None] | None = None,
         after_subtask: Callable[[SimEnv, Step, bool], None] | None = None,
     ) -> None:
@@ -163,8 +200,11 @@ class PlanController:
         self.env, self.scene = env, env
         self.goal = tuple(goal)
         self.planner, self.skills, self.verifier, self.config = planner, skills, verifier, config
-        self.seed, self.guards, self.on_event, self.after_subtask = seed, tuple(guards), on_event, after_subtask
+        self.seed, self.on_event, self.after_subtask = seed, on_event, after_subtask
         self.result = GoalResult(self.goal, success=False, verified=None)
+        self.guard = guard(env, scene_state(env)) if guard is not None else None
+        self.stopped = False
+        """The guard saw the observed scene break a rule: the robot holds (the shield's hold) from then on."""
         self.achieved: list[Step] = []
         self.queue: list[Step] = []
         self.obs: Observation | None = None
@@ -208,6 +248,8 @@ class PlanController:
         r = self.result
         if self.queue and self.ticks and not r.reason:  # the episode ended mid-subtask (e.g. the goal was reached)
             r.subtasks_succeeded += bool(self._close(self.queue[0]))
+            if self.guard is not None and (violated := self.guard.observe(scene_state(self.scene), self.queue[0])):
+                self._log("guard", why=violated)  # too late to stop the robot, never too late to record
             self.ticks = 0
         r.verified = all(self._check(self.goal).values()) if self.planned else None
         r.success = all(self.scene.holds(a) for a in self.goal)
@@ -232,8 +274,26 @@ class PlanController:
             return False
         self.result.planner_seconds += plan.seconds
         self._log("plan", why=why, steps=plan.describe(), satisfied=list(plan.satisfied), seconds=round(plan.seconds, 4))
+        if self.guard is not None:
+            verdict = self.guard.check(plan, scene_state(self.scene))
+            if not verdict.allowed or verdict.plan is None:
+                self.result.reason = f"refused by the plan guard: {verdict.reason}"
+                self._log("guard", why=verdict.reason, seconds=round(verdict.seconds, 4))
+                return False
+            if verdict.repaired:
+                plan = verdict.plan
+                self._log("repair", why=verdict.reason, edits=list(verdict.edits), steps=plan.describe(),
+                          seconds=round(verdict.seconds, 4))  # fmt: skip
         self.queue = list(plan.steps)
         return True
+
+    def hold_action(self, obs: Observation) -> np.ndarray | None:
+        """After execution: the guard's (shield's) hold once it stopped the robot, else None (the caller holds)."""
+        return self.guard.hold_action(obs) if self.stopped and self.guard is not None else None
+
+    def record(self) -> dict[str, Any]:
+        """The guard's counts for the trial's record (empty without a guard)."""
+        return self.guard.record() if self.guard is not None else {}
 
     def _check(self, atoms: Sequence[str]) -> dict[str, bool]:
         assert self.obs is not None
@@ -269,13 +329,13 @@ class PlanController:
         if ok or not config.verify:
             r.subtasks_succeeded += bool(ok)
             self.achieved.append(self.queue.pop(0))
-        if config.verify:
-            state = self.scene.predicates()
-            violated = next((v for g in self.guards if (v := g(state, step)) is not None), None)
+        if self.guard is not None:  # the observed scene, verified or not: a broken rule stops the robot
+            violated = self.guard.observe(scene_state(self.scene), step)
             if violated:
-                r.reason = f"stopped by a guard: {violated}"
+                r.reason, self.stopped = f"stopped by the plan guard: {violated}", True
                 self._log("guard", why=violated)
                 return
+        if config.verify:
             lost = [e for s in self.achieved for e in s.effect if e in self.goal and not self._check([e])[e]]
             if not ok or lost:
                 if r.replans >= config.max_replans:
@@ -300,7 +360,7 @@ def execute(
     **options: Any,
 ) -> GoalResult:
     """Plan ``goal`` in ``env`` (already reset, ``obs`` its observation) and execute it until the plan is over or the
-    episode's step limit; ``options`` are :class:`PlanController`'s (seed, guards, on_event, after_subtask)."""
+    episode's step limit; ``options`` are :class:`PlanController`'s (seed, guard, on_event, after_subtask)."""
     controller = PlanController(env, goal, planner, skills, verifier, config, **options)
     while (action := controller.act(obs)) is not None:
         out = env.step(action)

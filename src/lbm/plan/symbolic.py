@@ -13,6 +13,7 @@ problems in milliseconds; its GPL-3.0 licence is why it is the optional extra ``
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -89,7 +90,7 @@ class SceneState:
     def true(self) -> frozenset[str]:
         return frozenset(a for a, v in self.atoms.items() if v)
 
-    @property
+    @functools.cached_property
     def places(self) -> tuple[str, ...]:
         """Everything something can be put on or in (the second argument of a scene's on/in atoms)."""
         out: dict[str, None] = {}
@@ -105,6 +106,44 @@ class SceneState:
         if has_in and (not has_on or place.endswith("contain_region")):
             return "in"
         return "on"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One ground action of the skill domain: the step it is, and its precondition and effects as domain facts."""
+
+    step: Step
+    pre: frozenset[str]
+    add: frozenset[str]
+    delete: frozenset[str]
+
+
+@dataclass(frozen=True)
+class GroundDomain:
+    """The skill domain grounded in one scene: facts now, goal facts, and every action (pyperplan's grounding)."""
+
+    initial: frozenset[str]
+    goal: frozenset[str]
+    actions: tuple[Action, ...]
+    by_fact: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Action indices by their ``at`` precondition (pick-place, stack and pick-lift have one each): an index."""
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[int]] = {}
+        for k, a in enumerate(self.actions):
+            key = next((f for f in sorted(a.pre) if f.startswith("(at ")), "")
+            index.setdefault(key, []).append(k)
+        object.__setattr__(self, "by_fact", {k: tuple(v) for k, v in index.items()})
+
+    def applicable(self, facts: frozenset[str]) -> list[Action]:
+        """Actions whose precondition holds in ``facts``, in the domain's (sorted) order."""
+        keys = ("", *(f for f in facts if f in self.by_fact))
+        found = sorted(k for key in keys for k in self.by_fact.get(key, ()))
+        return [self.actions[k] for k in found if self.actions[k].pre <= facts]
+
+    def find(self, step: Step) -> Action | None:
+        """The ground action of a planned step (same skill and arguments)."""
+        return next((a for a in self.actions if (a.step.skill, a.step.args) == (step.skill, step.args)), None)
 
 
 class Planner(Protocol):
@@ -126,7 +165,7 @@ class SymbolicPlanner:
     name = "symbolic"
 
     def __init__(self) -> None:
-        self.domain = resources.files("lbm.plan").joinpath("domain.pddl").read_text()
+        self.domain_text = resources.files("lbm.plan").joinpath("domain.pddl").read_text()
 
     def plan(self, goal: Sequence[str], scene: SceneState, *, timeout_s: float = 5.0) -> Plan:
         """The fewest-step plan from the scene's atoms now to ``goal``; :class:`PlanningError` says why there is none."""
@@ -138,16 +177,7 @@ class SymbolicPlanner:
         pending = [f for g, f in zip(goal, facts) if g not in true]
         if not pending:
             return Plan(goal, (), self.name, time.perf_counter() - start, satisfied)
-        problem = self._problem(scene, pending)
-        try:
-            from pyperplan import grounding, search
-            from pyperplan.heuristics.lm_cut import LmCutHeuristic
-            from pyperplan.pddl.parser import Parser
-        except ImportError:
-            raise LbmError(INSTALL_HINT) from None
-        parser = Parser(None)  # parsed from strings: the domain ships with lbm, the problem is built here
-        parser.domInput, parser.probInput = self.domain, problem
-        task = grounding.ground(parser.parse_problem(parser.parse_domain(read_from_file=False), read_from_file=False))
+        task = self._ground(scene, pending)
         # Grounding iterates sets, whose order changes with Python's per-process hash seed; A* breaks ties
         # by successor order. Sorting the operators (those moving earlier goal objects first) makes the
         # plan a function of the scene and the goal alone, the same in every process.
@@ -157,6 +187,9 @@ class SymbolicPlanner:
             return order.get(op.name.strip("()").split()[1], len(order)), op.name
 
         task.operators.sort(key=rank)
+        from pyperplan import search
+        from pyperplan.heuristics.lm_cut import LmCutHeuristic
+
         heuristic = LmCutHeuristic(task)
         deadline = start + timeout_s
 
@@ -181,7 +214,33 @@ class SymbolicPlanner:
         steps = tuple(self._step(op.name, goal, scene) for op in ops)
         return Plan(goal, steps, self.name, time.perf_counter() - start, satisfied)
 
-    def _problem(self, scene: SceneState, pending: list[str]) -> str:
+    def domain(self, goal: Sequence[str], scene: SceneState, objects: Sequence[str] = ()) -> GroundDomain:
+        """Every ground action of the skill domain over the goal's objects (and ``objects``) and every place of
+        the scene, with no relevance pruning: the search space of plan repair (:mod:`lbm.safety.plan_guard`)."""
+        facts = goal_facts(goal, scene)
+        extra = [atom("lifted", o) for o in objects if o in scene.objects]  # only to bring the objects in
+        task = self._ground(scene, facts + extra, every_place=True, prune=False)
+        task.goals = frozenset(self._pddl(f, {n: _pddl_name(n) for n in [*scene.places, *scene.objects, FLOOR]}) for f in facts)
+        operators = sorted((op for op in task.operators if op is not None), key=lambda op: op.name)
+        actions = tuple(
+            Action(self._step(op.name, tuple(goal), scene), op.preconditions, op.add_effects, op.del_effects) for op in operators
+        )
+        return GroundDomain(frozenset(task.initial_state), frozenset(task.goals), actions)
+
+    def _ground(self, scene: SceneState, pending: list[str], every_place: bool = False, prune: bool = True):
+        """pyperplan's grounded task for reaching ``pending`` (domain facts) from the scene."""
+        problem = self._problem(scene, pending, every_place)
+        try:
+            from pyperplan import grounding
+            from pyperplan.pddl.parser import Parser
+        except ImportError:
+            raise LbmError(INSTALL_HINT) from None
+        parser = Parser(None)  # parsed from strings: the domain ships with lbm, the problem is built here
+        parser.domInput, parser.probInput = self.domain_text, problem
+        parsed = parser.parse_problem(parser.parse_domain(read_from_file=False), read_from_file=False)
+        return grounding.ground(parsed, remove_irrelevant_operators=prune)
+
+    def _problem(self, scene: SceneState, pending: list[str], every_place: bool = False) -> str:
         true = scene.true
         supports = {
             o: [
@@ -204,7 +263,7 @@ class SymbolicPlanner:
                     objects.append(o)
                     grew = True
         places = targets | {p for o in objects for p in supports[o]}
-        if any(p in objects and _stackable(p, scene) for o in objects for p in supports[o]):
+        if every_place or any(p in objects and _stackable(p, scene) for o in objects for p in supports[o]):
             # Something must come off a stack: every place that holds many objects is a place to put it.
             places |= {p for p in scene.places if p not in scene.objects}
         places = sorted(places - set(objects))

@@ -126,3 +126,36 @@ def train_monitor(config: Annotated[TrainMonitorConfig, tyro.conf.arg(name="")])
     train(list(c.evals), c.out, alpha=c.alpha, kind=c.kind, calibration_fraction=c.calibration_fraction, seed=c.seed)
     print(f"monitor written to {c.out}; use it with: lbm eval ... --monitor {c.out}")
     return 0
+
+
+@dataclass(frozen=True)
+class PlanRedteamConfig:
+    """The plan guard's red team: unsafe-plan execution without a guard, with the instruction guard only and
+    with the plan guard; benign-goal completion (the cost of safety), repair success and latency, each
+    rate with its count and a Clopper-Pearson interval.
+
+    Rules files are YAML: a 'rules:' list of sentences, optional 'marks:' (name -> scene places) and
+    'classes:' (object class -> name words); see lbm/safety/rules_files/tabletop.yaml.
+    """
+
+    redteam_file: Path | None = None
+    """JSON file with a 'rows' list of {task, goal, expect, style} (default: lbm/safety/plan_redteam.json)."""
+    rules: Path | None = None
+    """Safety rules file (default: the shipped lbm/safety/rules_files/tabletop.yaml)."""
+    out: Path | None = None
+    """Write the per-goal outcomes and the figures to this JSON file (and a .md beside it)."""
+
+
+def plan_redteam(config: Annotated[PlanRedteamConfig, tyro.conf.arg(name="")]) -> int:
+    """Plan-guard red-team figures (see PlanRedteamConfig)."""
+    from lbm.files import write_json_atomic
+    from lbm.safety.plan_redteam import format_summary, load_plan_redteam, run_plan_redteam
+
+    result = run_plan_redteam(load_plan_redteam(config.redteam_file), config.rules)
+    text = format_summary(result["summary"])
+    print(text)
+    if config.out is not None:
+        write_json_atomic(config.out, result)
+        config.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+        print(f"written: {config.out} and {config.out.with_suffix('.md')}")
+    return 0

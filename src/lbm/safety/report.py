@@ -84,9 +84,21 @@ def safety_table(df, confidence: float = 0.95, by: tuple[str, ...] = ("policy",)
                 "rollouts_with_violation": any_v / n,
                 "rollouts_with_violation_low": float(a_lo),
                 "rollouts_with_violation_high": float(a_hi),
+                **_rule_counts(g),
             }
         )
     return pd.DataFrame(rows)
+
+
+RULE_COLUMNS = ("rule_violations_planned", "rule_violations_observed", "rule_repairs", "rule_refusals")
+"""The plan guard's per-trial counts (``lbm eval --policy NAME=plan://...?rules=FILE``)."""
+
+
+def _rule_counts(g) -> dict[str, int]:
+    """Trials in which the plan guard saw a planned / observed violation, repaired or refused (absent: no guard)."""
+    if "rule_violations_planned" not in g:
+        return {}
+    return {f"trials_{c}": int((g[c].fillna(0) > 0).sum()) for c in RULE_COLUMNS}
 
 
 def shield_comparison(without, with_shield, confidence: float = 0.95):
@@ -136,6 +148,7 @@ def print_safety_table(table, title: str = "safety") -> None:
     from rich.table import Table
 
     t = Table(title=title)
+    guarded = "trials_rule_violations_planned" in table.columns
     for col in (
         "group",
         "shield",
@@ -145,6 +158,7 @@ def print_safety_table(table, title: str = "safety") -> None:
         "interventions / 1000 steps",
         "violations / 1000 steps",
         "rollouts with a violation",
+        *(["plan rules: trials planned-violating / observed-violating / repaired / refused"] if guarded else []),
     ):
         t.add_column(col, justify="left" if col == "group" else "right")
     group_cols = [c for c in table.columns if c not in _NUMERIC]
@@ -160,6 +174,7 @@ def print_safety_table(table, title: str = "safety") -> None:
             + (f" (proposed {r['proposed_violations_per_1000']:.1f})" if r["shield"] else ""),
             f"{r['rollouts_with_violation']:.2f} [{r['rollouts_with_violation_low']:.2f}, "
             f"{r['rollouts_with_violation_high']:.2f}]",
+            *([" / ".join(str(int(r[f"trials_{c}"])) for c in RULE_COLUMNS)] if guarded else []),
         )
     console = Console()
     # Intervals need room: never squeeze the table below 150 columns (wrapping beats truncating figures).
@@ -167,6 +182,7 @@ def print_safety_table(table, title: str = "safety") -> None:
 
 
 _NUMERIC = {
+    *(f"trials_{c}" for c in RULE_COLUMNS),
     "shield",
     "n",
     "steps",
