@@ -13,6 +13,7 @@ module                     what
 ``corrections``            Holm, Bonferroni
 ``letters``                compact letter display (Piepho 2004)
 ``aggregates``             across-strata means, IQM, P(A > B), CMH over strata, the stratified bootstrap
+``clustered``              training runs as units: stratified permutation test, two-stage bootstrap
 ``sequential``             group-sequential design with an exact type-I guarantee
 ``power``                  exact power of the test that is run, sample sizes, detectable differences
 =========================  ==========================================================================
@@ -22,6 +23,7 @@ shift) combination; Δ = p_A − p_B.
 """
 
 from lbm.stats.aggregates import bootstrap_rates, cmh_over_strata, iqm, probability_of_improvement
+from lbm.stats.clustered import RunCells, RunComparison, compare_runs
 from lbm.stats.corrections import CORRECTIONS, adjust_pvalues
 from lbm.stats.hypotheses import CMH_METHODS, TWO_SAMPLE_TESTS, cmh_test, mcnemar_exact, two_proportion_test
 from lbm.stats.intervals import (
@@ -56,6 +58,8 @@ __all__ = [
     "LETTERS",
     "TWO_SAMPLE_TESTS",
     "BetaPosterior",
+    "RunCells",
+    "RunComparison",
     "Cells",
     "Estimate",
     "SequentialDesign",
@@ -67,6 +71,7 @@ __all__ = [
     "cmh_test",
     "common_strata",
     "compact_letter_display",
+    "compare_runs",
     "exact_power",
     "iqm",
     "letters",
