@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -55,7 +56,12 @@ def test_study_writes_report_and_records(mini_study):
     html = result["report_html"].read_text()
     for heading in ("Study verdicts", "Data efficiency", "Robustness gap", "per task", "<img"):
         assert heading in html
-    openings = [v.split(":")[0].split(",")[0] for v in result["analysis"]["verdicts"]]
+    openings = [v.split("] ", 1)[1].split(":")[0].split(",")[0] for v in result["analysis"]["verdicts"]]
+    tags = [v.split("] ", 1)[0] + "]" for v in result["analysis"]["verdicts"]]
+    plan = json.loads((result["root"] / "analysis_plan.json").read_text())
+    registered = {plan["primary"]["id"], *(h["id"] for h in plan["secondary"]), "exploratory"}
+    assert tags[0] == "[H1, primary]" and {t.strip("[]").split(",")[0] for t in tags} <= registered  # each in the plan
+    assert (result["root"] / "analysis_plan.json").is_file() and len(result["analysis"]["analysis_plan_sha256"]) == 64
     for expected in (
         "Under nominal conditions",
         "Under shift obs_noise",
@@ -70,7 +76,7 @@ def test_every_reported_number_is_recomputable_from_records(mini_study):
     config, result = mini_study
     records = pd.read_parquet(result["records"])
     saved = json.loads((result["root"] / "analysis.json").read_text())
-    saved.pop("wall_s"), saved.pop("stage_seconds")
+    saved.pop("wall_s"), saved.pop("stage_seconds"), saved.pop("analysis_plan_sha256")
     again = analyze(records, config, trials=saved["trials_per_cell"], mdd=saved["mdd"])
 
     def canonical(analysis):
@@ -166,7 +172,9 @@ def test_heldout_robot_study_adds_the_own_robot_arm(tmp_path):
         rate = records[records.data_fraction == r["fraction"]].groupby("arm").success.mean()
         assert r["cross_vs_own"]["diff"] == pytest.approx(rate["finetuned"] - rate["own_robot"])
         assert r["own_vs_scratch"]["diff"] == pytest.approx(rate["own_robot"] - rate["scratch"])
-    assert any(v.startswith("Other robots' data vs the held-out robot's own") for v in result["analysis"]["verdicts"])
+    assert any(
+        v.startswith("[H6, secondary] Other robots' data vs the held-out robot's own") for v in result["analysis"]["verdicts"]
+    )
     assert "held-out robot" in result["report_md"].read_text()
 
 
@@ -189,3 +197,55 @@ def test_own_robot_arm_refuses_a_study_that_would_not_compare_robots(changes, me
 
     with pytest.raises(LbmError, match=message):
         validate(replace(PROFILES["heldout-robot"], **changes))
+
+
+def test_the_analysis_plan_is_preregistered_and_a_changed_or_tampered_plan_is_refused(tmp_path):
+    from lbm.study.preregister import PLAN_FILE, analysis_plan, check_plan, preregister
+
+    config = PROFILES["quick"]
+    plan = analysis_plan(config, trials=23, mdd=0.4)
+    digest = preregister(tmp_path, plan)
+    assert check_plan(tmp_path) == digest == preregister(tmp_path, plan)  # a resumed run under the same plan
+    assert plan["primary"]["id"] == "H1" and plan["alpha"] == config.alpha and plan["planned_trials_per_cell"] == 23
+    with pytest.raises(LbmError, match="planned_trials_per_cell"):
+        preregister(tmp_path, analysis_plan(config, trials=30, mdd=0.4))
+    (tmp_path / PLAN_FILE).write_text((tmp_path / PLAN_FILE).read_text().replace('"alpha": 0.05', '"alpha": 0.1'))
+    with pytest.raises(LbmError, match="changed after it was pre-registered"):
+        check_plan(tmp_path)
+
+
+def _null_records(rng, config, seeds: int, seed_sd: float, trials: int, tasks: int = 3) -> pd.DataFrame:
+    """Records of a study in which every arm has the same success rate (per task), runs varying by seed."""
+    from scipy.special import expit, logit
+
+    rows = []
+    for t in range(tasks):
+        base = logit(rng.uniform(0.3, 0.7))
+        for shift in ("none", *config.shifts):
+            for arm, fractions in (("finetuned", config.fractions), ("scratch", config.fractions), ("pretrained", (0.0,))):
+                for f in fractions:
+                    for seed in range(seeds):
+                        p = expit(base + rng.normal(0, seed_sd))
+                        for trial in range(trials):
+                            rows.append(dict(task=f"task{t}", shift=shift, arm=arm, data_fraction=f, train_seed=seed,
+                                             trial=trial, success=bool(rng.random() < p)))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seeds, seed_sd", [(1, 0.0), (3, 1.0)])
+def test_the_primary_verdict_keeps_its_error_rate_on_null_studies(seeds, seed_sd):
+    """The whole analysis on studies where pretraining does nothing: the primary verdict claims a difference
+    at most alpha of the time (plus Monte Carlo error), with and without training runs that differ by seed."""
+    from dataclasses import replace
+
+    from lbm.study.analysis import analyze
+
+    rng = np.random.default_rng(11)
+    config = replace(PROFILES["quick"], train_seeds=tuple(range(seeds)), shifts=(), bootstrap_reps=50)
+    sims, claims = 60, 0
+    for _ in range(sims):
+        a = analyze(_null_records(rng, config, seeds, seed_sd, trials=10), config, trials=10, mdd=0.4)
+        claims += a["verdicts"][0].endswith(" significant.") and not a["verdicts"][0].endswith("not significant.")
+        assert a["verdicts"][0].startswith("[H1, primary]")
+    bound = config.alpha + 3 * np.sqrt(config.alpha * (1 - config.alpha) / sims)
+    assert claims / sims <= bound

@@ -9,6 +9,7 @@ and the stratified bootstrap only for the discrete "first fraction that reaches"
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import cast
 
 import numpy as np
@@ -25,6 +26,17 @@ def arm_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) ->
     if fraction is not None:
         sel &= (df["data_fraction"] - fraction).abs() < 1e-9
     return {cast(tuple[str], k)[0]: v for k, v in cells(df[sel].assign(policy=arm), arm, by=("task",)).items()}
+
+
+def run_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> dict:
+    """{task: {training seed: (successes, n)}} of one arm under one condition: each training run apart."""
+    sel = (df["arm"] == arm) & (df["shift"] == shift)
+    if fraction is not None:
+        sel &= (df["data_fraction"] - fraction).abs() < 1e-9
+    out: dict = {}
+    for (task, seed), g in df[sel].groupby(["task", "train_seed"]):
+        out.setdefault(task, {})[seed] = (int(g["success"].sum()), len(g))
+    return out
 
 
 def contrast(a: dict, b: dict, confidence: float = 0.95) -> dict:
@@ -96,6 +108,9 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
     out["per_task"] = rows
 
     # Aggregates across held-out tasks per condition (CMH across tasks; stratified Newcombe interval of the mean difference).
+    # With several training seeds the headline also treats the training run as the unit of variation
+    # (stats.compare_runs: a stratified permutation test over runs and a two-stage bootstrap interval);
+    # pooling rollouts across runs would count seed luck as evidence.
     agg = {}
     for shift in conditions:
         sc = arm_cells(df, "scratch", full, shift)
@@ -103,6 +118,9 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
             finetuned_vs_scratch=contrast(arm_cells(df, "finetuned", full, shift), sc),
             zero_shot_vs_scratch=contrast(arm_cells(df, "pretrained", None, shift), sc),
         )
+        ft_runs, sc_runs = run_cells(df, "finetuned", full, shift), run_cells(df, "scratch", full, shift)
+        if len(config.train_seeds) > 1 and set(ft_runs) & set(sc_runs):
+            agg[shift]["finetuned_vs_scratch_runs"] = asdict(stats.compare_runs(ft_runs, sc_runs, reps=reps, rng=rng))
     out["aggregate"] = agg
 
     # Data efficiency (nominal). Primary: the smallest fraction at which finetuned is non-inferior
@@ -218,12 +236,24 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
         better = sum(r["verdict"] == "better" for r in rows)
         worse = sum(r["verdict"] == "worse" for r in rows)
         agg = a["aggregate"][shift]["finetuned_vs_scratch"]
-        sig = agg["p"] <= config.alpha
+        runs = a["aggregate"][shift].get("finetuned_vs_scratch_runs")
+        sig = (runs["p"] if runs else agg["p"]) <= config.alpha
+        across = (
+            f"Across tasks, with each training run as one unit ({runs['runs_a']} finetuned and {runs['runs_b']} "
+            f"from-scratch runs), the mean difference is {runs['diff']:+.2f} [95% two-stage bootstrap CI "
+            f"{runs['lo']:+.2f}, {runs['hi']:+.2f}], permutation p = {runs['p']:.3g} (smallest attainable "
+            f"{runs['min_p']:.3g}; between-seed SD {runs['spread_a']:.2f} finetuned, {runs['spread_b']:.2f} "
+            f"from scratch); pooling rollouts over runs, which ignores seed variation, CMH p = {agg['p']:.3g}: "
+            if runs
+            else f"Across tasks the mean difference is {agg['diff']:+.2f} [95% CI {agg['lo']:+.2f}, {agg['hi']:+.2f}], "
+            f"CMH p = {agg['p']:.3g} (one training seed: seed-to-seed variation is not in this test): "
+        )
+        tag = "[H1, primary] " if shift == "none" else f"[H1-{shift}, secondary] "
         v.append(
-            f"Under {label}, finetuned beats from-scratch (both with 100% of the task demos) on {better}/{len(rows)} "
+            tag + f"Under {label}, finetuned beats from-scratch (both with 100% of the task demos) on {better}/{len(rows)} "
             f"held-out tasks, is worse on {worse}, and shows no significant difference on {len(rows) - better - worse} "
-            f"(exact Boschloo tests, Holm family-wise alpha {config.alpha:g}). Across tasks the mean difference is "
-            f"{agg['diff']:+.2f} [95% CI {agg['lo']:+.2f}, {agg['hi']:+.2f}], CMH p = {agg['p']:.3g}: "
+            f"(exact Boschloo tests, Holm family-wise alpha {config.alpha:g}). "
+            + across
             + ("significant." if sig else "not significant.")
         )
         if not sig and not abs(agg["diff"]) >= a["mdd"]:  # also when no difference is detectable (mdd NaN)
@@ -236,19 +266,21 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     de = a["data_efficiency"]
     if de["scratch_floor"]:
         v.append(
-            "Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
+            "[H3, secondary] Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
             "no data multiplier is reported (floor effect: train longer or pick easier tasks)."
         )
     else:
         margin = f"margin {de['margin']:.2f}"
         if de["noninferior_fraction"] is not None:
             v.append(
+                "[H3, secondary] "
                 f"Data efficiency: finetuned with {de['noninferior_fraction']:.0%} of the task demos is non-inferior to "
                 f"from-scratch with 100% ({margin}, 95% stratified Newcombe interval): a {de['noninferior_multiplier']:.1f}x "
                 "data multiplier."
             )
         else:
             v.append(
+                "[H3, secondary] "
                 f"Data efficiency: at no fraction tested is finetuned non-inferior to from-scratch with 100% of the "
                 f"demos ({margin}), so no data multiplier is supported."
             )
@@ -265,11 +297,12 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             f"{r['same_data']['hi']:+.2f}], CMH p = {r['same_data']['p']:.3g}"
             for r in de["per_fraction"]
         )
-        v.append(f"{reach} With the same demos, finetuned minus from-scratch: {same}.")
+        v.append(f"[exploratory] {reach} With the same demos, finetuned minus from-scratch: {same}.")
     for g in a["robustness"]:
         grows = g["lo"] > 0
         shrinks = g["hi"] < 0
         v.append(
+            f"[H4-{g['shift']}, secondary] "
             f"Robustness ({g['shift']}): the finetuned advantage is {g['advantage_shift']:+.2f} under shift vs "
             f"{g['advantage_nominal']:+.2f} nominal, a change of {g['gap']:+.2f} [95% CI {g['lo']:+.2f}, {g['hi']:+.2f}]: "
             + (
@@ -291,6 +324,7 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     for r in a.get("own_robot", []):
         c, o = r["cross_vs_own"], r["own_vs_scratch"]
         v.append(
+            "[H6, secondary] "
             f"Other robots' data vs the held-out robot's own, both finetuned with {r['fraction']:.0%} of the task demos: "
             f"cross-embodiment {c['rate_a']:.2f} vs own-robot {c['rate_b']:.2f}, difference {c['diff']:+.2f} [95% CI "
             f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g} (Holm {c['p_holm']:.3g}): "
@@ -302,7 +336,7 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     if zs["tasks"]:
         sig = zs["p"] <= config.alpha
         v.append(
-            f"Zero-shot: the pretrained policy without finetuning vs from-scratch-with-100%: {zs['diff']:+.2f} "
+            f"[H5, secondary] Zero-shot: the pretrained policy without finetuning vs from-scratch-with-100%: {zs['diff']:+.2f} "
             f"[95% CI {zs['lo']:+.2f}, {zs['hi']:+.2f}], CMH p = {zs['p']:.3g}: "
             + (("better" if zs["diff"] > 0 else "worse") + "." if sig else "no significant difference.")
         )

@@ -32,6 +32,7 @@ from lbm.policies.config import PolicyConfig, policy_config
 from lbm.schema import ACTION, STATE
 from lbm.sim import embodiment_of, resolve_tasks
 from lbm.study.analysis import analyze
+from lbm.study.preregister import analysis_plan, check_plan, preregister
 from lbm.study.profiles import StudyConfig
 from lbm.study.report import print_verdicts, write_study_report
 from lbm.train import train
@@ -207,6 +208,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     check_folder(root)
     cache = StageCache(root)
     trials, mdd = plan_trials(config)
+    # Pre-registration: the analysis plan is fixed (or checked unchanged) before any stage runs.
+    plan_sha256 = preregister(root, analysis_plan(config, trials, mdd))
     detectable = (
         f"minimum detectable difference {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a success "
         f"rate of {config.target_p1:.2f})"
@@ -366,6 +369,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             trials=trials,
             max_steps=config.max_steps,
             execute_steps=config.execute_steps,
+            analysis_plan_sha256=plan_sha256,  # the manifest names the plan these rollouts were run under
             **sizes,
         )
 
@@ -393,6 +397,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     records_path = root / "records.parquet"
     records.to_parquet(records_path, index=False)
     analysis = analyze(records, config, trials=trials, mdd=mdd)
+    analysis["analysis_plan_sha256"] = check_plan(root)  # verified again: the plan the analysis ran
     analysis["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation (stages may have been cached)
     analysis["stage_seconds"] = cache.seconds  # when each stage ran: the study's compute time end to end
     (root / "analysis.json").write_text(json.dumps(analysis, indent=2, default=json_default) + "\n")

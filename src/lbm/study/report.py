@@ -34,8 +34,15 @@ def print_verdicts(analysis: dict) -> None:
 def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config: StudyConfig) -> tuple[Path, Path]:
     """report/report.html and report/report.md: the study's verdicts and tables over the evaluation report."""
     de = analysis["data_efficiency"]
+    plan_note = (
+        f"analysis_plan.json, SHA-256 {analysis['analysis_plan_sha256']}, written before the first rollout; "
+        "[H1] is the primary hypothesis, [H2...] secondary, [exploratory] outside the plan"
+        if analysis.get("analysis_plan_sha256")
+        else "no pre-registered plan (analysis recomputed outside a study folder)"
+    )
     sections = [
         ("Study verdicts", ["#", "verdict"], [[str(i), v] for i, v in enumerate(analysis["verdicts"], 1)]),
+        ("Pre-registration", ["plan"], [[plan_note]]),
         (
             "Finetuned and zero-shot vs from-scratch (100% data), per task",
             ["task", "condition", "arm", "success", "scratch", "difference [95% Newcombe]", "p", "p (Holm)", "verdict"],
