@@ -1,7 +1,7 @@
 """The study's answers from its records: per-task tests, data efficiency, robustness, zero-shot.
 
 Every figure is a function of ``records.parquet`` alone (recomputable with :func:`analyze`), and
-every statistic comes from :mod:`lbm.stats`: exact Boschloo tests with Holm control per task, CMH
+every statistic comes from :mod:`lbm.stats`: exact Boschloo tests per task, CMH
 across tasks, stratified Newcombe (MOVER) intervals for mean differences and the robustness gap,
 and the stratified bootstrap only for the discrete "first fraction that reaches" quantity.
 """
@@ -75,7 +75,7 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
     )
 
     # Per task and condition: finetuned@100% vs scratch@100% (and zero-shot vs scratch@100%),
-    # exact Boschloo tests with Holm control over the whole family of per-task tests.
+    # exact Boschloo tests, decided in the gated secondary Holm family (see gatekeeping()).
     rows = []
     for shift in conditions:
         ft, sc = arm_cells(df, "finetuned", full, shift), arm_cells(df, "scratch", full, shift)
@@ -102,10 +102,7 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
                         p=stats.two_proportion_test(s1, n1, s2, n2),
                     )
                 )
-    for r, q in zip(rows, stats.adjust_pvalues([r["p"] for r in rows], "holm")):
-        r["p_holm"] = float(q)
-        r["verdict"] = ("better" if r["diff"] > 0 else "worse") if q <= config.alpha else "no significant difference"
-    out["per_task"] = rows
+    out["per_task"] = rows  # adjusted and decided in the gated secondary family (gatekeeping below)
 
     # Aggregates across held-out tasks per condition (CMH across tasks; stratified Newcombe interval of the mean difference).
     # With several training seeds the headline also treats the training run as the unit of variation
@@ -182,10 +179,6 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
         common = stats.common_strata(ft, sc, nominal_ft, sc_full)
         means = [stats.stratified_mean({k: c[k] for k in common}) for c in (ft, sc, nominal_ft, sc_full)]
         gap = stats.mover(list(zip((1.0, -1.0, -1.0, 1.0), means)))
-        wins = {
-            c: sum(1 for r in rows if r["shift"] == c and r["arm"] == "finetuned" and r["verdict"] == "better")
-            for c in ("none", shift)
-        }
         gaps.append(
             dict(
                 shift=shift,
@@ -194,8 +187,6 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
                 hi=gap.hi,
                 advantage_nominal=means[2].value - means[3].value,
                 advantage_shift=means[0].value - means[1].value,
-                tasks_better_nominal=wins["none"],
-                tasks_better_shift=wins[shift],
             )
         )
     out["robustness"] = gaps
@@ -211,10 +202,6 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
             )
             for f in fractions
         ]
-        # One family: both contrasts at every fraction, Holm-adjusted together.
-        tests = [t for _, cross, own in contrasts for t in (cross, own)]
-        for t, q in zip(tests, stats.adjust_pvalues([t["p"] for t in tests], "holm")):
-            t["p_holm"] = float(q)
         out["own_robot"] = [dict(fraction=f, cross_vs_own=cross, own_vs_scratch=own) for f, cross, own in contrasts]
 
     # Between-seed variation (training randomness is not in the evaluation error bars).
@@ -222,14 +209,69 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
         g = df.groupby(["task", "shift", "arm", "data_fraction", "train_seed"])["success"].mean().reset_index()
         spread = g.groupby(["task", "shift", "arm", "data_fraction"])["success"].agg(["mean", "std", "min", "max"])
         out["between_seeds"] = spread.reset_index().to_dict(orient="records")
+    out["headline"] = gatekeeping(out, config)
     out["verdicts"], out["warnings"] = verdicts(out, config)
     return out
+
+
+def gatekeeping(a: dict, config: StudyConfig) -> dict:
+    """The pre-registered decisions with the whole study's error controlled: serial gatekeeping.
+
+    The primary hypothesis H1 (finetuned vs scratch, mean over tasks, nominal) is tested at alpha.
+    Only when it is rejected are the secondary hypotheses tested: the aggregate under each shift,
+    every per-task test, the robustness changes, zero-shot and the own-robot contrasts, as one Holm
+    family at alpha. This controls the family-wise error over every headline claim at alpha in the
+    strong sense (Dmitrienko and Tamhane, "Gatekeeping procedures with clinical trial applications",
+    Pharmaceutical Statistics 6, 2007; the serial gatekeeper of Westfall and Krishen, 2001). Checked
+    by simulation on null studies in ``tests/test_study.py``. The robustness change has a MOVER
+    interval and no exact test: its p-value is read off the interval (Altman and Bland, BMJ 2011).
+    Non-inferiority (H3) is gated too; it states non-inferiority at the margin, not a difference.
+    """
+    from scipy.stats import norm
+
+    alpha = config.alpha
+    agg = a["aggregate"]
+
+    def aggregate(shift: str) -> dict:
+        return agg[shift].get("finetuned_vs_scratch_runs") or agg[shift]["finetuned_vs_scratch"]
+
+    h1 = aggregate("none")["p"]
+    family: list[tuple[str, dict]] = [(f"H1-{s}", aggregate(s)) for s in a["conditions"][1:]]
+    family += [(f"H2 {r['arm']} {r['task']} {r['shift']}", r) for r in a["per_task"]]
+    for g in a["robustness"]:
+        se = (g["hi"] - g["lo"]) / (2 * norm.ppf(0.975))
+        g["p"] = float(2 * norm.sf(abs(g["gap"]) / se)) if se > 0 else (1.0 if g["gap"] == 0 else 0.0)
+        family.append((f"H4-{g['shift']}", g))
+    if agg["none"]["zero_shot_vs_scratch"]["tasks"]:
+        family.append(("H5", agg["none"]["zero_shot_vs_scratch"]))
+    for r in a.get("own_robot", []):
+        family += [(f"H6 {r['fraction']:g} {k}", r[k]) for k in ("cross_vs_own", "own_vs_scratch")]
+    family = [(h, d) for h, d in family if math.isfinite(d["p"])]
+    tested = bool(h1 <= alpha)
+    for (_, d), q in zip(family, stats.adjust_pvalues([d["p"] for _, d in family], "holm") if family else []):
+        d["p_holm"], d["tested"] = float(q), tested
+    for r in a["per_task"]:
+        r["verdict"] = (
+            ("better" if r["diff"] > 0 else "worse") if r["p_holm"] <= alpha else "no significant difference"
+        ) if r.get("tested") else "not tested (H1 not rejected)"  # fmt: skip
+    for g in a["robustness"]:  # per-task wins under the gated family
+        for key, shift in (("tasks_better_nominal", "none"), ("tasks_better_shift", g["shift"])):
+            g[key] = sum(r["verdict"] == "better" and r["arm"] == "finetuned" and r["shift"] == shift for r in a["per_task"])
+    claims = [h for h, d in family if tested and d["p_holm"] <= alpha]
+    return dict(primary=dict(id="H1", p=h1, rejected=tested), secondary_tested=tested, secondary=len(family),
+                claims=(["H1"] if tested else []) + claims)  # fmt: skip
 
 
 def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     """Plain sentences that state only what the tests and intervals support."""
     v, w = [], []
     n_tasks = len(a["tasks"])
+    tested = a["headline"]["secondary_tested"]
+    gated = "not tested: H1 was not rejected (serial gatekeeping)."
+
+    def decided(d: dict) -> bool:  # a secondary hypothesis rejected in the gated Holm family
+        return bool(tested and d.get("tested") and d.get("p_holm", 1.0) <= config.alpha)
+
     for shift in a["conditions"]:
         label = "nominal conditions" if shift == "none" else f"shift {shift}"
         rows = [r for r in a["per_task"] if r["shift"] == shift and r["arm"] == "finetuned"]
@@ -237,7 +279,8 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
         worse = sum(r["verdict"] == "worse" for r in rows)
         agg = a["aggregate"][shift]["finetuned_vs_scratch"]
         runs = a["aggregate"][shift].get("finetuned_vs_scratch_runs")
-        sig = (runs["p"] if runs else agg["p"]) <= config.alpha
+        headline = runs or agg
+        sig = headline["p"] <= config.alpha if shift == "none" else decided(headline)
         across = (
             f"Across tasks, with each training run as one unit ({runs['runs_a']} finetuned and {runs['runs_b']} "
             f"from-scratch runs), the mean difference is {runs['diff']:+.2f} [95% two-stage bootstrap CI "
@@ -249,13 +292,15 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             f"CMH p = {agg['p']:.3g} (one training seed: seed-to-seed variation is not in this test): "
         )
         tag = "[H1, primary] " if shift == "none" else f"[H1-{shift}, secondary] "
-        v.append(
-            tag + f"Under {label}, finetuned beats from-scratch (both with 100% of the task demos) on {better}/{len(rows)} "
-            f"held-out tasks, is worse on {worse}, and shows no significant difference on {len(rows) - better - worse} "
-            f"(exact Boschloo tests, Holm family-wise alpha {config.alpha:g}). "
-            + across
-            + ("significant." if sig else "not significant.")
+        per_task = (
+            f"finetuned beats from-scratch (both with 100% of the task demos) on {better}/{len(rows)} held-out tasks, is "
+            f"worse on {worse}, and shows no significant difference on {len(rows) - better - worse} (exact Boschloo "
+            f"tests in the gated Holm family, alpha {config.alpha:g}). "
+            if tested
+            else "the per-task tests are secondary and were not tested (H1 was not rejected). "
         )
+        ending = ("significant." if sig else "not significant.") if shift == "none" or tested else gated
+        v.append(tag + f"Under {label}, " + per_task + across + ending)
         if not sig and not abs(agg["diff"]) >= a["mdd"]:  # also when no difference is detectable (mdd NaN)
             mdd = f"{a['mdd']:.2f}" if math.isfinite(a["mdd"]) else "larger than any possible difference"
             w.append(
@@ -264,7 +309,9 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
                 "difference is not evidence of no difference."
             )
     de = a["data_efficiency"]
-    if de["scratch_floor"]:
+    if not tested:
+        v.append(f"[H3, secondary] Data efficiency (non-inferiority at margin {de['margin']:.2f}): {gated}")
+    elif de["scratch_floor"]:
         v.append(
             "[H3, secondary] Data efficiency: from-scratch with 100% of the demos never succeeded, so matching it says nothing; "
             "no data multiplier is reported (floor effect: train longer or pick easier tasks)."
@@ -299,8 +346,8 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
         )
         v.append(f"[exploratory] {reach} With the same demos, finetuned minus from-scratch: {same}.")
     for g in a["robustness"]:
-        grows = g["lo"] > 0
-        shrinks = g["hi"] < 0
+        grows = decided(g) and g["gap"] > 0
+        shrinks = decided(g) and g["gap"] < 0
         v.append(
             f"[H4-{g['shift']}, secondary] "
             f"Robustness ({g['shift']}): the finetuned advantage is {g['advantage_shift']:+.2f} under shift vs "
@@ -311,33 +358,42 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
                 else "the advantage shrinks under shift."
                 if shrinks
                 else "no significant change."
+                if tested
+                else gated
             )
             + f" Finetuned significantly better on {g['tasks_better_shift']}/{n_tasks} tasks under shift vs "
             f"{g['tasks_better_nominal']}/{n_tasks} nominal."
         )
 
     def judge(c: dict, what: str) -> str:
-        if not c["p_holm"] <= config.alpha:  # NaN (no common task) is not significant either
+        if not tested:
+            return "not tested (H1 not rejected)"
+        if not decided(c):  # NaN (no common task) is not significant either
             return "no significant difference"
         return f"{what} is " + ("better" if c["diff"] > 0 else "worse")
 
+    nan = float("nan")
     for r in a.get("own_robot", []):
         c, o = r["cross_vs_own"], r["own_vs_scratch"]
         v.append(
             "[H6, secondary] "
             f"Other robots' data vs the held-out robot's own, both finetuned with {r['fraction']:.0%} of the task demos: "
             f"cross-embodiment {c['rate_a']:.2f} vs own-robot {c['rate_b']:.2f}, difference {c['diff']:+.2f} [95% CI "
-            f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g} (Holm {c['p_holm']:.3g}): "
+            f"{c['lo']:+.2f}, {c['hi']:+.2f}], CMH p = {c['p']:.3g} (Holm {c.get('p_holm', nan):.3g}): "
             f"{judge(c, 'cross-embodiment pretraining')}; own-robot pretraining vs from scratch on the same demos: "
-            f"{o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], CMH p = {o['p']:.3g} (Holm {o['p_holm']:.3g}): "
+            f"{o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], CMH p = {o['p']:.3g} (Holm {o.get('p_holm', nan):.3g}): "
             f"{judge(o, 'own-robot pretraining')}."
         )
     zs = a["aggregate"]["none"]["zero_shot_vs_scratch"]
     if zs["tasks"]:
-        sig = zs["p"] <= config.alpha
+        sig = decided(zs)
         v.append(
             f"[H5, secondary] Zero-shot: the pretrained policy without finetuning vs from-scratch-with-100%: {zs['diff']:+.2f} "
             f"[95% CI {zs['lo']:+.2f}, {zs['hi']:+.2f}], CMH p = {zs['p']:.3g}: "
-            + (("better" if zs["diff"] > 0 else "worse") + "." if sig else "no significant difference.")
+            + (
+                (("better" if zs["diff"] > 0 else "worse") + " (gated Holm)." if sig else "no significant difference.")
+                if tested
+                else gated
+            )
         )
     return v, w
