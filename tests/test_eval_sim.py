@@ -299,3 +299,18 @@ def test_hung_worker_is_killed_and_its_trials_time_out(tmp_path):
     hang = df[df.policy == "hang"]
     assert len(df) == 2 and hang.failure_reason.str.startswith("timeout: worker unresponsive").all()
     assert df[df.policy == "oracle"].success.all()
+
+
+def test_first_trial_moves_the_trial_seeds_and_a_negative_one_is_refused(tmp_path):
+    from lbm.errors import LbmError
+    from lbm.eval.records import load_records
+    from lbm.eval.runner import EvalConfig, run_evaluation
+    from lbm.sim import eval_seed
+
+    run_evaluation(
+        EvalConfig(policy=("e=expert",), tasks="reach-v3", trials=2, first_trial=7, out=tmp_path / "e", progress=False)
+    )
+    records = load_records(tmp_path / "e")
+    assert sorted(records["seed"]) == [eval_seed("reach-v3", 7), eval_seed("reach-v3", 8)]
+    with pytest.raises(LbmError, match="first-trial"):
+        run_evaluation(EvalConfig(policy=("e=expert",), tasks="reach-v3", trials=1, first_trial=-1, out=tmp_path / "f"))

@@ -254,3 +254,58 @@ def test_the_whole_study_keeps_its_error_rate_on_null_studies(seeds, seed_sd):
         assert primary == anything  # serial gatekeeping: no secondary claim without the primary one
     bound = config.alpha + 3 * np.sqrt(config.alpha * (1 - config.alpha) / sims)
     assert anything / sims <= bound
+
+
+@pytest.mark.parametrize(
+    "rates, anchor, counts, inside, says",
+    [
+        ({1: (0, 20), 2: (2, 20), 5: (8, 20), 10: (14, 20), 20: (20, 20)}, 10, (1, 2, 5, 10), True, "largest count inside"),
+        ({5: (19, 20), 10: (20, 20)}, 5, (5,), False, "ceiling"),
+        ({5: (0, 20), 10: (1, 20)}, 10, (5, 10), False, "floor"),
+        ({2: (1, 20), 5: (19, 20)}, 2, (2,), False, "jumps over the band"),
+    ],
+)
+def test_the_pilot_picks_the_anchor_away_from_floor_and_ceiling(rates, anchor, counts, inside, says):
+    from lbm.study.pilot import choose_design
+
+    choice = choose_design(rates, band=(0.2, 0.8))
+    assert (choice.anchor, choice.counts, choice.inside) == (anchor, counts, inside) and says in choice.reason
+    assert choice.fractions[-1] == 1.0 and 0.2 <= choice.target_p1 <= 0.8
+
+
+def test_the_pilot_lands_inside_the_band_on_noisy_synthetic_curves():
+    """True from-scratch success rises with demos (a logistic curve in log demos); with 20 pilot rollouts per
+    count the chosen anchor's *true* rate is inside the band in most pilots."""
+    from scipy.special import expit
+
+    from lbm.study.pilot import choose_design
+
+    rng = np.random.default_rng(5)
+    counts = (1, 2, 5, 10, 20)
+    true = {c: float(expit(2.0 * (np.log(c) - np.log(6)))) for c in counts}  # 0.03 ... 0.92
+    hits = 0
+    for _ in range(200):
+        choice = choose_design({c: (int(rng.binomial(20, true[c])), 20) for c in counts}, band=(0.2, 0.8))
+        hits += 0.2 <= true[choice.anchor] <= 0.8
+    assert hits / 200 >= 0.9
+
+
+def test_a_pilot_chooses_the_design_on_its_own_trial_seeds_before_the_plan_is_registered(tmp_path):
+    from lbm.sim import eval_seed
+    from lbm.study.pilot import PILOT_FIRST_TRIAL
+
+    config = replace(MINI, out=str(tmp_path / "s"), heldout_tasks="drawer-open-v3", heldout_episodes_per_task=4,
+                     pilot_demos=(1, 2, 4), pilot_trials=2, fractions=(1.0,), shifts=(), zero_shot=False)  # fmt: skip
+    result = run_study(config)
+    pilot = result["analysis"]["pilot"]
+    assert pilot["counts"][-1] == pilot["anchor"] and set(pilot["rates"]) == {"1", "2", "4"}
+    plan = json.loads((result["root"] / "analysis_plan.json").read_text())
+    assert plan["pilot"]["anchor"] == pilot["anchor"] and plan["fractions"] == [c / pilot["anchor"] for c in pilot["counts"]]
+    records = pd.read_parquet(result["records"])
+    assert not records["policy"].str.startswith("pilot").any()  # the pilot's rollouts are not confirmatory
+    assert sorted(records["data_fraction"].unique()) == sorted(plan["fractions"])
+    pilot_evals = [d for d in (result["root"] / "cache").glob("eval-*") if "pilot-" in (d / "settings.json").read_text()]
+    assert pilot_evals
+    pilot_seeds = set(pd.read_parquet(pilot_evals[0] / "records.parquet")["seed"])
+    assert min(pilot_seeds) >= eval_seed("drawer-open-v3", PILOT_FIRST_TRIAL) > max(records["seed"])
+    assert "Pilot" in result["report_html"].read_text()

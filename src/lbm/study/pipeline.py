@@ -32,6 +32,7 @@ from lbm.policies.config import PolicyConfig, policy_config
 from lbm.schema import ACTION, STATE
 from lbm.sim import embodiment_of, resolve_tasks
 from lbm.study.analysis import analyze
+from lbm.study.pilot import PILOT_FIRST_TRIAL, PilotChoice, choose_design
 from lbm.study.preregister import analysis_plan, check_plan, preregister
 from lbm.study.profiles import StudyConfig
 from lbm.study.report import print_verdicts, write_study_report
@@ -163,6 +164,17 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
         raise LbmError(f"--fractions must be in (0, 1], got {config.fractions}.")
     if 1.0 not in config.fractions:
         raise LbmError("--fractions must include 1.0: every comparison is anchored on from-scratch with all the data.")
+    if config.pilot_demos:
+        if any(c < 1 for c in config.pilot_demos) or max(config.pilot_demos) > config.heldout_episodes_per_task:
+            raise LbmError(
+                f"--pilot-demos must be counts from 1 to --heldout-episodes-per-task ({config.heldout_episodes_per_task}), "
+                f"got {config.pilot_demos}."
+            )
+        if config.pilot_trials < 1 or not 0 <= config.pilot_band[0] < config.pilot_band[1] <= 1:
+            raise LbmError(
+                f"--pilot-trials must be >= 1 and --pilot-band two rates 0 <= low < high <= 1 (got {config.pilot_trials}, "
+                f"{config.pilot_band})."
+            )
     if config.finetune_variant not in ("full", "head_only", "lora"):
         raise did_you_mean(config.finetune_variant, ("full", "head_only", "lora"), "finetune variant")
     if not config.train_seeds:
@@ -208,8 +220,16 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     check_folder(root)
     cache = StageCache(root)
     trials, mdd = plan_trials(config)
-    # Pre-registration: the analysis plan is fixed (or checked unchanged) before any stage runs.
-    plan_sha256 = preregister(root, analysis_plan(config, trials, mdd))
+    needed = stats.samplesize_exact(config.target_p1, config.target_p2, config.alpha, config.power)
+    if not config.trials and needed > config.max_trials:  # said before any compute is spent
+        log(
+            f"warning: detecting {config.target_p1:.2f} vs {config.target_p2:.2f} with power {config.power} needs "
+            f"{needed} trials per cell, but --max-trials caps it at {config.max_trials}: the study is underpowered "
+            "for its declared effect (raise --max-trials or declare a larger effect)."
+        )
+    # Pre-registration: the analysis plan is fixed (or checked unchanged) before any stage runs; with a pilot,
+    # right after it (the pilot decides the design), still before any confirmatory rollout.
+    plan_sha256 = "" if config.pilot_demos else preregister(root, analysis_plan(config, trials, mdd))
     detectable = (
         f"minimum detectable difference {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a success "
         f"rate of {config.target_p1:.2f})"
@@ -309,6 +329,29 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         cfg = marked(cfg, datasets, f"{label} data")
         return cache.stage("train", train_settings(cfg), trainer(cfg), f"{label} (seed {seed})") / "checkpoint"
 
+    pilot: PilotChoice | None = None
+    if config.pilot_demos:
+        pilot = run_pilot(config, heldout_tasks, task_data, base, cache, trainer, marked)
+        log(f"pilot: {pilot.reason}")
+        effect = config.target_p2 - config.target_p1
+        config = replace(
+            config,
+            fractions=pilot.fractions,
+            heldout_episodes_per_task=pilot.anchor,
+            target_p1=pilot.target_p1,
+            target_p2=min(0.99, pilot.target_p1 + effect),
+        )
+        task_data = {  # the anchor's demos: the same episodes as the first `anchor` of the pilot's (same seeds)
+            t: cache.stage("data", dict(tasks=[t], episodes=pilot.anchor, **sizes), demos([t], pilot.anchor),
+                           f"demonstrations for {t} ({pilot.anchor}, the pilot's anchor)") / "dataset"
+            for t in heldout_tasks
+        }  # fmt: skip
+        trials, mdd = plan_trials(config)
+        plan = dict(analysis_plan(config, trials, mdd), pilot=dict(anchor=pilot.anchor, counts=list(pilot.counts),
+                    rates={str(k): list(v) for k, v in pilot.rates.items()}, reason=pilot.reason))  # fmt: skip
+        plan_sha256 = preregister(root, plan)
+        log(f"design after the pilot: demo counts {', '.join(map(str, pilot.counts))}; {trials} trials per cell.")
+
     pretrained = {seed: pretrain(pretrain_data, seed, "pretrain", config.pretrain_weights) for seed in config.train_seeds}
     own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
 
@@ -398,12 +441,67 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     records.to_parquet(records_path, index=False)
     analysis = analyze(records, config, trials=trials, mdd=mdd)
     analysis["analysis_plan_sha256"] = check_plan(root)  # verified again: the plan the analysis ran
+    if pilot is not None:
+        analysis["pilot"] = dict(anchor=pilot.anchor, counts=list(pilot.counts), inside=pilot.inside, reason=pilot.reason,
+                                 rates={str(k): list(v) for k, v in pilot.rates.items()})  # fmt: skip
     analysis["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation (stages may have been cached)
     analysis["stage_seconds"] = cache.seconds  # when each stage ran: the study's compute time end to end
     (root / "analysis.json").write_text(json.dumps(analysis, indent=2, default=json_default) + "\n")
     html, md = write_study_report(root, records, analysis, config)
     print_verdicts(analysis)
     return dict(root=root, records=records_path, report_html=html, report_md=md, analysis=analysis)
+
+
+def run_pilot(
+    config: StudyConfig,
+    tasks: list[str],
+    task_data: dict[str, Path],
+    base: TrainConfig,
+    cache: StageCache,
+    trainer: Callable[[TrainConfig], Callable[[Path], None]],
+    marked: Callable[[TrainConfig, Path, str], TrainConfig],
+) -> PilotChoice:
+    """From-scratch runs at each candidate demo count, evaluated on the pilot's own trial seeds (lbm.study.pilot)."""
+    total = config.heldout_episodes_per_task
+    rates: dict[int, list[int]] = {c: [0, 0] for c in config.pilot_demos}
+    for task in tasks:
+        specs = []
+        for count in sorted(config.pilot_demos):
+            data = DataConfig(
+                roots=(str(task_data[task]),), val_episodes=0, fraction=count / total, subset_seed=config.subset_seed
+            )
+            cfg = replace(
+                base, mode="scratch", data=data, name=f"{task}-pilot-{count}", seed=config.train_seeds[0],
+                steps=config.task_steps, optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(50, config.task_steps // 10)),
+            )  # fmt: skip
+            cfg = marked(cfg, task_data[task], task)
+            path = cache.stage("train", train_settings(cfg), trainer(cfg), f"pilot: scratch {task} {count} demos") / "checkpoint"
+            specs.append(f"pilot-{count}={path}")
+        settings = dict(task=task, policies=specs, trials=config.pilot_trials, first_trial=PILOT_FIRST_TRIAL,
+                        max_steps=config.max_steps, execute_steps=config.execute_steps)  # fmt: skip
+
+        def build(work: Path, task: str = task, specs: tuple[str, ...] = tuple(specs)) -> None:
+            run_evaluation(
+                EvalConfig(
+                    policy=specs,
+                    tasks=task,
+                    trials=config.pilot_trials,
+                    first_trial=PILOT_FIRST_TRIAL,
+                    out=work,
+                    workers=config.eval_workers,
+                    cameras=config.cameras,
+                    image_size=config.image_size,
+                    max_steps=config.max_steps or None,
+                    execute_steps=config.execute_steps,
+                )  # fmt: skip
+            )
+
+        folder = cache.stage("eval", settings, build, f"pilot evaluation on {task}")
+        for name, g in load_records(folder).groupby("policy"):
+            count = int(str(name).removeprefix("pilot-"))
+            rates[count][0] += int(g["success"].sum())
+            rates[count][1] += len(g)
+    return choose_design({c: (s, n) for c, (s, n) in rates.items()}, config.pilot_band)
 
 
 def policy_name(arm: str, fraction: float, seed: int, n_seeds: int) -> str:

@@ -72,6 +72,14 @@ class StudyConfig:
     their difference in mean success is above minus this margin (a non-inferiority test)."""
     power: float = 0.8
     """Planner: power to detect target_p1 vs target_p2."""
+    pilot_demos: tuple[int, ...] = ()
+    """Candidate demo counts per held-out task for a pilot (e.g. 1 2 5 10 20): from-scratch success at each,
+    on trial seeds disjoint from the confirmatory ones, picks the study's 100% (and so its fractions) and the
+    power planner's baseline before the analysis plan is registered. Empty: no pilot, --fractions as given."""
+    pilot_trials: int = 10
+    """Pilot rollouts per held-out task and candidate count."""
+    pilot_band: tuple[float, float] = (0.2, 0.8)
+    """From-scratch success band the pilot's anchor must lie in (away from the floor and the ceiling)."""
     max_trials: int = 50
     """Upper bound on the planner's trials per cell (the compute budget)."""
     eval_workers: int = 2

@@ -43,6 +43,11 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
     sections = [
         ("Study verdicts", ["#", "verdict"], [[str(i), v] for i, v in enumerate(analysis["verdicts"], 1)]),
         ("Pre-registration", ["plan"], [[plan_note]]),
+        *(
+            [("Pilot (its rollouts are not in the analysis)", ["what the pilot chose and why"], [[analysis["pilot"]["reason"]]])]
+            if analysis.get("pilot")
+            else []
+        ),
         (
             "Finetuned and zero-shot vs from-scratch (100% data), per task",
             ["task", "condition", "arm", "success", "scratch", "difference [95% Newcombe]", "p", "p (Holm)", "verdict"],

@@ -86,7 +86,8 @@ def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
     if not 0 < fraction <= 1:
         raise LbmError(f"--data.fraction must be in (0, 1], got {fraction}.")
     order = np.random.default_rng(seed).permutation(n_episodes)
-    return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes))])
+    # 1e-9: a fraction such as 3/20 is 0.15000000000000002 * 20 in floating point, whose ceiling is 4, not 3.
+    return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes - 1e-9))])
 
 
 def _start_wandb(config: TrainConfig, out_dir: Path) -> Any:

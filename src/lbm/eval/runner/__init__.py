@@ -91,7 +91,7 @@ def run_evaluation(config: EvalConfig, loader: PolicyLoader | None = None) -> Ev
     # Sorted: the ids must not depend on the order of --policy flags, or a resumed run would re-map them.
     ids = blind_ids(sorted(s.name for s in specs), config.seed)
     by_id = {ids[s.name]: s for s in specs}
-    seeds = {(t, i): int(sim.eval_seed(t, i)) for t in task_names for i in range(config.trials)}
+    seeds = {(t, i): int(sim.eval_seed(t, config.first_trial + i)) for t in task_names for i in range(config.trials)}
     fixed = {t: sim.get_task(t).fixed_init_states for t in task_names} if config.init_states == "fixed" else {}
     schedule = make_schedule(list(by_id), task_names, shift_list, config.trials, seeds, config.seed, fixed)
     settings = config.settings([[s.name, s.source] for s in specs], task_names, shift_list)

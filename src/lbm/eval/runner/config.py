@@ -54,6 +54,9 @@ class EvalConfig:
     (the standard protocol; the trial seed still drives shifts), 'sampled' draws a fresh scene from the trial seed."""
     seed: int = 0
     """Seed of the trial order and the blind ids (initial conditions and policy noise depend only on task and trial)."""
+    first_trial: int = 0
+    """Index of the first trial's seed (trial i starts from eval_seed(task, first_trial + i)): a pilot run on trial
+    seeds disjoint from a later confirmatory run."""
     jsonl: bool = False
     """Also write the records as OUT/records.jsonl."""
     video: bool = False
@@ -99,6 +102,8 @@ class EvalConfig:
             raise LbmError(f"--action-samples must be 0 (off) or at least 2 to have a variance (got {self.action_samples}).")
         if self.seed < 0:
             raise LbmError(f"--seed must be a non-negative integer (got {self.seed}).")
+        if self.first_trial < 0:
+            raise LbmError(f"--first-trial must be a non-negative integer (got {self.first_trial}).")
 
     def settings(self, policies: list[list[str]], task_names: list[str], shift_list: list[str]) -> dict:
         """What defines the results (hashed for resume); operational knobs such as workers are excluded."""
@@ -115,4 +120,5 @@ class EvalConfig:
             **({"shield": True} if self.shield else {}),  # absent when off: older manifests keep their hash
             **({"monitor": str(self.monitor)} if self.monitor else {}),
             **({"init_states": "sampled"} if self.init_states == "sampled" else {}),
+            **({"first_trial": self.first_trial} if self.first_trial else {}),
         }
