@@ -309,3 +309,19 @@ def test_a_pilot_chooses_the_design_on_its_own_trial_seeds_before_the_plan_is_re
     pilot_seeds = set(pd.read_parquet(pilot_evals[0] / "records.parquet")["seed"])
     assert min(pilot_seeds) >= eval_seed("drawer-open-v3", PILOT_FIRST_TRIAL) > max(records["seed"])
     assert "Pilot" in result["report_html"].read_text()
+
+
+def test_the_scaling_arm_pretrains_on_nested_fractions_and_reports_a_trend(tmp_path):
+    config = replace(MINI, out=str(tmp_path / "s"), heldout_tasks="drawer-open-v3", fractions=(1.0,), shifts=(),
+                     zero_shot=False, pretrain_data_fractions=(0.5, 1.0))  # fmt: skip
+    result = run_study(config)
+    records = pd.read_parquet(result["records"])
+    assert set(records[records.arm == "scaling"]["pretrain_fraction"]) == {0.5}
+    assert set(records[records.arm == "finetuned"]["pretrain_fraction"]) == {1.0}
+    scaling = result["analysis"]["scaling"]
+    assert [lv["fraction"] for lv in scaling["levels"]] == [0.5, 1.0] and all(
+        lv["n"] == config.trials for lv in scaling["levels"]
+    )
+    assert any(v.startswith("[H7, secondary] Pretraining-data scaling") for v in result["analysis"]["verdicts"])
+    plan = json.loads((result["root"] / "analysis_plan.json").read_text())
+    assert "H7" in {h["id"] for h in plan["secondary"]}

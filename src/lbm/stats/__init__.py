@@ -14,6 +14,7 @@ module                     what
 ``letters``                compact letter display (Piepho 2004)
 ``aggregates``             across-strata means, IQM, P(A > B), CMH over strata, the stratified bootstrap
 ``clustered``              training runs as units: stratified permutation test, two-stage bootstrap
+``trend``                  stratified logistic trend over a dose, and its departure from log-linearity
 ``sequential``             group-sequential design with an exact type-I guarantee
 ``power``                  exact power of the test that is run, sample sizes, detectable differences
 =========================  ==========================================================================
@@ -50,6 +51,7 @@ from lbm.stats.power import (
     samplesize_exact,
 )
 from lbm.stats.sequential import SequentialDesign, obrien_fleming_spending, sequential_design, simulate_sequential
+from lbm.stats.trend import Trend, dose_trend
 
 __all__ = [
     "CMH_METHODS",
@@ -60,6 +62,7 @@ __all__ = [
     "BetaPosterior",
     "RunCells",
     "RunComparison",
+    "Trend",
     "Cells",
     "Estimate",
     "SequentialDesign",
@@ -72,6 +75,7 @@ __all__ = [
     "common_strata",
     "compact_letter_display",
     "compare_runs",
+    "dose_trend",
     "exact_power",
     "iqm",
     "letters",

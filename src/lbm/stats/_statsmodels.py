@@ -40,3 +40,27 @@ def multipletests_adjusted(pvalues: NDArray[np.float64], method: str) -> NDArray
     from statsmodels.stats.multitest import multipletests
 
     return np.asarray(multipletests(pvalues, method=method)[1], np.float64)
+
+
+class FitError(Exception):
+    """statsmodels could not fit the model (perfect separation, a singular design)."""
+
+
+def binomial_glm(
+    y: NDArray[np.float64], x: NDArray[np.float64], groups: NDArray[np.int64] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """``statsmodels.api.GLM(y, x, Binomial()).fit()``: (coefficients, standard errors, log-likelihood); the
+    standard errors are cluster-robust by ``groups`` when given. Raises :class:`FitError` when no fit exists."""
+    import warnings
+
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on near-separated data; the caller checks the result
+        try:
+            model = sm.GLM(y, x, family=sm.families.Binomial())
+            fit = model.fit(cov_type="cluster", cov_kwds=dict(groups=groups)) if groups is not None else model.fit()
+        except (PerfectSeparationError, np.linalg.LinAlgError, ValueError) as error:
+            raise FitError(type(error).__name__) from None
+    return np.asarray(fit.params, np.float64), np.asarray(fit.bse, np.float64), float(fit.llf)

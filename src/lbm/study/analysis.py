@@ -209,6 +209,22 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
         g = df.groupby(["task", "shift", "arm", "data_fraction", "train_seed"])["success"].mean().reset_index()
         spread = g.groupby(["task", "shift", "arm", "data_fraction"])["success"].agg(["mean", "std", "min", "max"])
         out["between_seeds"] = spread.reset_index().to_dict(orient="records")
+    # Pretraining-data scaling: finetuned (100% of the task demos) from nested fractions of the pretraining
+    # demos; success against log2(pretraining data) with a stratified logistic trend and a departure test.
+    if (df["arm"] == "scaling").any():
+        sel = df[
+            (df["shift"] == "none")
+            & ((df["arm"] == "scaling") | ((df["arm"] == "finetuned") & ((df["data_fraction"] - full).abs() < 1e-9)))
+        ]
+        levels = []
+        for pf, g in sel.groupby("pretrain_fraction"):
+            per_task = {t: (int(h["success"].sum()), len(h)) for t, h in g.groupby("task")}
+            m = stats.stratified_mean(per_task)
+            levels.append(dict(fraction=float(cast(float, pf)), rate=m.value, lo=m.lo, hi=m.hi,
+                               s=int(g["success"].sum()), n=len(g)))  # fmt: skip
+        runs = list(zip(sel["task"], sel["pretrain_fraction"], sel["train_seed"])) if len(config.train_seeds) > 1 else None
+        trend = stats.dose_trend(sel["pretrain_fraction"].to_numpy(float), sel["success"].to_numpy(int), list(sel["task"]), runs)
+        out["scaling"] = dict(levels=levels, trend=asdict(trend))
     out["headline"] = gatekeeping(out, config)
     out["verdicts"], out["warnings"] = verdicts(out, config)
     return out
@@ -246,6 +262,8 @@ def gatekeeping(a: dict, config: StudyConfig) -> dict:
         family.append(("H5", agg["none"]["zero_shot_vs_scratch"]))
     for r in a.get("own_robot", []):
         family += [(f"H6 {r['fraction']:g} {k}", r[k]) for k in ("cross_vs_own", "own_vs_scratch")]
+    if "scaling" in a:
+        family.append(("H7", a["scaling"]["trend"]))
     family = [(h, d) for h, d in family if math.isfinite(d["p"])]
     tested = bool(h1 <= alpha)
     for (_, d), q in zip(family, stats.adjust_pvalues([d["p"] for _, d in family], "holm") if family else []):
@@ -383,6 +401,36 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             f"{judge(c, 'cross-embodiment pretraining')}; own-robot pretraining vs from scratch on the same demos: "
             f"{o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], CMH p = {o['p']:.3g} (Holm {o.get('p_holm', nan):.3g}): "
             f"{judge(o, 'own-robot pretraining')}."
+        )
+    if "scaling" in a:
+        t, levels = a["scaling"]["trend"], a["scaling"]["levels"]
+        curve = "; ".join(
+            f"{lv['fraction']:.1%}: {lv['rate']:.2f} [{lv['lo']:.2f}, {lv['hi']:.2f}] ({lv['n']} rollouts)" for lv in levels
+        )
+        if not tested:
+            said = gated
+        elif not math.isfinite(t["p"]):
+            said = f"no trend can be estimated ({t['note']})."
+        elif decided(t):
+            direction = "rises" if t["slope"] > 0 else "falls"
+            shape = (
+                f"and departs from a log-linear trend (a jump or a plateau; departure p = {t['p_departure']:.3g})"
+                if math.isfinite(t["p_departure"]) and t["p_departure"] <= config.alpha
+                else "with no detectable departure from a smooth log-linear trend"
+                + (
+                    f" (departure p = {t['p_departure']:.3g}; weak evidence of smoothness at this n)"
+                    if math.isfinite(t["p_departure"])
+                    else ""
+                )
+            )
+            said = f"success {direction} with the amount of pretraining data (gated Holm) {shape}."
+        else:
+            said = "no significant trend with the amount of pretraining data."
+        v.append(
+            f"[H7, secondary] Pretraining-data scaling (finetuned on 100% of the task demos): {curve}. Log-odds per "
+            f"doubling {t['slope']:+.2f} [95% CI {t['lo']:+.2f}, {t['hi']:+.2f}], p = {t['p']:.3g}"
+            + (" (cluster-robust by training run)" if t["clustered"] else "")
+            + f": {said}"
         )
     zs = a["aggregate"]["none"]["zero_shot_vs_scratch"]
     if zs["tasks"]:

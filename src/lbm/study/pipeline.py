@@ -164,6 +164,10 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
         raise LbmError(f"--fractions must be in (0, 1], got {config.fractions}.")
     if 1.0 not in config.fractions:
         raise LbmError("--fractions must include 1.0: every comparison is anchored on from-scratch with all the data.")
+    if any(not 0 < f <= 1 for f in config.pretrain_data_fractions) or len(set(config.pretrain_data_fractions)) == 1:
+        raise LbmError(
+            f"--pretrain-data-fractions must be at least two distinct fractions in (0, 1], got {config.pretrain_data_fractions}."
+        )
     if config.pilot_demos:
         if any(c < 1 for c in config.pilot_demos) or max(config.pilot_demos) > config.heldout_episodes_per_task:
             raise LbmError(
@@ -311,7 +315,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             log(f"[{label}] constant up to float noise, passed through unnormalized: {'; '.join(marks)}")
         return replace(cfg, policy=replace(cfg.policy, constant_dims=marks))
 
-    def pretrain(datasets: list[Path], seed: int, label: str, weights: tuple[float, ...]) -> Path:
+    def pretrain(datasets: list[Path], seed: int, label: str, weights: tuple[float, ...], fraction: float = 1.0) -> Path:
         cfg = replace(
             base,
             name=f"{label.replace(' ', '-')}-s{seed}",
@@ -323,6 +327,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 weights=weights,
                 balance_by_size=config.balance_by_size,
                 val_episodes=1,
+                fraction=fraction,
+                subset_seed=config.subset_seed if fraction < 1 else DataConfig.subset_seed,  # the 100% model's hash unchanged
             ),
             optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(200, config.pretrain_steps // 10)),
         )
@@ -354,6 +360,13 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     pretrained = {seed: pretrain(pretrain_data, seed, "pretrain", config.pretrain_weights) for seed in config.train_seeds}
     own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
+    scaled = {  # pretraining on nested fractions of the pretraining demos (the 100% model is the main one)
+        (f, seed): pretrain(pretrain_data, seed, f"pretrain {pct(f)} of the data", config.pretrain_weights, f)
+        if f < 1
+        else pretrained[seed]
+        for f in config.pretrain_data_fractions
+        for seed in config.train_seeds
+    }
 
     # 3. finetuning and from-scratch runs on nested subsets of each held-out task's demos
     checkpoints: dict[str, dict[str, dict]] = {t: {} for t in heldout_tasks}
@@ -394,11 +407,29 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                         cache.stage("train", train_settings(cfg), trainer(cfg), f"{arm} {task} {pct(fraction)} (seed {seed})")
                         / "checkpoint"
                     )
-                    checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed)
+                    checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed,
+                                                   pretrain_fraction=1.0 if arm != "scratch" else 0.0)  # fmt: skip
+            if fraction == max(config.fractions):  # the scaling arm: each smaller pretraining, finetuned on 100%
+                for (pf, seed), init in scaled.items():
+                    if pf == 1.0:
+                        continue  # the finetuned arm at 100% is this level
+                    cfg = replace(
+                        base, mode="finetune", name=f"{task}-scaling-{pct(pf)}-s{seed}", seed=seed, steps=config.task_steps,
+                        data=DataConfig(roots=(str(task_data[task]),), val_episodes=0, fraction=fraction,
+                                        subset_seed=config.subset_seed),
+                        finetune=FinetuneConfig(init_from=str(init), variant=config.finetune_variant),
+                        optim=OptimConfig(lr=config.finetune_lr, warmup_steps=min(50, config.task_steps // 10)),
+                    )  # fmt: skip
+                    label = f"finetuned {task} from {pct(pf)} of the pretraining data (seed {seed})"
+                    path = cache.stage("train", train_settings(cfg), trainer(cfg), label) / "checkpoint"
+                    name = f"scaling-{pct(pf)}" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
+                    checkpoints[task][name] = dict(path=path, arm="scaling", data_fraction=fraction, train_seed=seed,
+                                                   pretrain_fraction=pf)  # fmt: skip
         if config.zero_shot:
             for seed in config.train_seeds:
                 name = "pretrained" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
-                checkpoints[task][name] = dict(path=pretrained[seed], arm="pretrained", data_fraction=0.0, train_seed=seed)
+                checkpoints[task][name] = dict(path=pretrained[seed], arm="pretrained", data_fraction=0.0, train_seed=seed,
+                                               pretrain_fraction=1.0)  # fmt: skip
 
     # 4. blind, paired evaluation per held-out task (each task has its own finetuned policies)
     frames = []
@@ -525,6 +556,7 @@ def annotated_records(folder: Path, policies: dict[str, dict]) -> pd.DataFrame:
     df["arm"] = [policies[p]["arm"] for p in names]
     df["data_fraction"] = [policies[p]["data_fraction"] for p in names]
     df["train_seed"] = [policies[p]["train_seed"] for p in names]
+    df["pretrain_fraction"] = [policies[p].get("pretrain_fraction", 1.0) for p in names]
     df["eval_folder"] = str(folder)
     return df
 

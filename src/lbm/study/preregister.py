@@ -59,6 +59,17 @@ def analysis_plan(config: StudyConfig, trials: int, mdd: float) -> dict[str, Any
         *(
             [
                 dict(
+                    id="H7",
+                    claim="finetuned success rises with the amount of pretraining data (nested fractions)",
+                    test="stratified logistic trend in log2(data), Wald test; LR test of departure from log-linearity",
+                )
+            ]
+            if config.pretrain_data_fractions
+            else []
+        ),
+        *(
+            [
+                dict(
                     id="H6",
                     claim="cross-embodiment vs own-robot pretraining, and own-robot vs scratch, per fraction",
                     test="CMH across tasks, Holm over the family",
@@ -83,6 +94,7 @@ def analysis_plan(config: StudyConfig, trials: int, mdd: float) -> dict[str, Any
         heldout_tasks=config.heldout_tasks,
         pretrain_tasks=config.pretrain_tasks,
         fractions=list(config.fractions),
+        pretrain_data_fractions=list(config.pretrain_data_fractions),
         shifts=list(config.shifts),
         exploratory="everything else the report shows (same-data contrasts per fraction, the bootstrap of the "
         "fraction that first reaches scratch at 100%, between-seed spread) is exploratory",

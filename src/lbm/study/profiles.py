@@ -72,6 +72,10 @@ class StudyConfig:
     their difference in mean success is above minus this margin (a non-inferiority test)."""
     power: float = 0.8
     """Planner: power to detect target_p1 vs target_p2."""
+    pretrain_data_fractions: tuple[float, ...] = ()
+    """Pretraining-data scaling (e.g. 0.125 0.25 0.5 1.0): one pretraining run on each nested fraction of every
+    pretraining dataset's demos, each finetuned on 100% of every held-out task's demos (arm 'scaling'); the report
+    fits success against log2(pretraining data). Empty: no scaling arm."""
     pilot_demos: tuple[int, ...] = ()
     """Candidate demo counts per held-out task for a pilot (e.g. 1 2 5 10 20): from-scratch success at each,
     on trial seeds disjoint from the confirmatory ones, picks the study's 100% (and so its fractions) and the

@@ -44,6 +44,20 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
         ("Study verdicts", ["#", "verdict"], [[str(i), v] for i, v in enumerate(analysis["verdicts"], 1)]),
         ("Pre-registration", ["plan"], [[plan_note]]),
         *(
+            [
+                (
+                    "Pretraining-data scaling (finetuned on 100% of the task demos, nominal)",
+                    ["pretraining data", "success (mean over tasks) [95% CI]", "rollouts"],
+                    [
+                        [f"{lv['fraction']:.1%}", f"{lv['rate']:.2f} [{lv['lo']:.2f}, {lv['hi']:.2f}]", str(lv["n"])]
+                        for lv in analysis["scaling"]["levels"]
+                    ],
+                )
+            ]
+            if analysis.get("scaling")
+            else []
+        ),
+        *(
             [("Pilot (its rollouts are not in the analysis)", ["what the pilot chose and why"], [[analysis["pilot"]["reason"]]])]
             if analysis.get("pilot")
             else []
