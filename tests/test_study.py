@@ -214,24 +214,6 @@ def test_the_analysis_plan_is_preregistered_and_a_changed_or_tampered_plan_is_re
         check_plan(tmp_path)
 
 
-def _null_records(rng, config, seeds: int, seed_sd: float, trials: int, tasks: int = 3) -> pd.DataFrame:
-    """Records of a study in which every arm has the same success rate (per task), runs varying by seed."""
-    from scipy.special import expit, logit
-
-    rows = []
-    for t in range(tasks):
-        base = logit(rng.uniform(0.3, 0.7))
-        for shift in ("none", *config.shifts):
-            for arm, fractions in (("finetuned", config.fractions), ("scratch", config.fractions), ("pretrained", (0.0,))):
-                for f in fractions:
-                    for seed in range(seeds):
-                        p = expit(base + rng.normal(0, seed_sd))
-                        for trial in range(trials):
-                            rows.append(dict(task=f"task{t}", shift=shift, arm=arm, data_fraction=f, train_seed=seed,
-                                             trial=trial, success=bool(rng.random() < p)))  # fmt: skip
-    return pd.DataFrame(rows)
-
-
 @pytest.mark.parametrize("seeds, seed_sd", [(1, 0.0), (3, 1.0)])
 def test_the_whole_study_keeps_its_error_rate_on_null_studies(seeds, seed_sd):
     """The whole analysis on studies where pretraining does nothing: any headline verdict (primary or
@@ -240,13 +222,14 @@ def test_the_whole_study_keeps_its_error_rate_on_null_studies(seeds, seed_sd):
     from dataclasses import replace
 
     from lbm.study.analysis import analyze
+    from lbm.study.simulate import null_records
 
     rng = np.random.default_rng(11)
     config = replace(PROFILES["quick"], train_seeds=tuple(range(seeds)), shifts=(), bootstrap_reps=50)
     config = replace(config, shifts=("obs_noise:low",))
     sims, primary, anything = 60, 0, 0
     for _ in range(sims):
-        a = analyze(_null_records(rng, config, seeds, seed_sd, trials=10), config, trials=10, mdd=0.4)
+        a = analyze(null_records(rng, config, seed_sd, trials=10), config, trials=10, mdd=0.4)
         said = a["verdicts"][0]
         assert said.startswith("[H1, primary]")
         primary += said.endswith(" significant.") and not said.endswith("not significant.")

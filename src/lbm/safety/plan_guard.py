@@ -128,7 +128,6 @@ class RuleGuard:
         self.repair_enabled, self.max_edits, self.max_nodes = repair, max_edits, max_nodes
         self.dfas = [c.dfa for c in spec.constraints]
         self.known = frozenset(scene.atoms)
-        self.history: list[frozenset[str]] = [scene.true]
         self.states = [d.run([c.letters(scene.true)])[-1] for c, d in zip(spec.constraints, self.dfas)]
         self.shield = ActionShield(default_shield_config(embodiment)) if embodiment is not None else None
         self.counts = GuardCounts()
@@ -159,7 +158,6 @@ class RuleGuard:
         """Record the observed scene after a subtask; the rule it breaks for good (and stop the robot), or None."""
         start = time.perf_counter()
         valuation = scene.true | (skill_propositions(step) if step is not None else frozenset())
-        self.history.append(valuation)
         self.states = [d.step(q, c.letters(valuation)) for c, d, q in zip(self.spec.constraints, self.dfas, self.states)]
         dead = [c for c, d, q in zip(self.spec.constraints, self.dfas, self.states) if q not in d.live]
         self.counts.seconds += time.perf_counter() - start
@@ -182,6 +180,7 @@ class RuleGuard:
         c = self.counts
         return dict(
             rules_constraints=len(self.spec.constraints),
+            rule_checks=c.checks,
             rules_vacuous=len(self.spec.vacuous),
             rule_violations_planned=c.planned_violations,
             rule_violations_observed=c.observed_violations,
