@@ -65,6 +65,15 @@ def entity_words(name: str, words: Mapping[str, str]) -> str:
     return text
 
 
+def similarities(
+    encode: Callable[[Sequence[str]], np.ndarray], scene: SceneState, phrase: str, candidates: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """Each candidate entity's words, and their cosine similarity to ``phrase`` under the sentence encoder."""
+    texts = [entity_words(c, scene.words) for c in candidates]
+    vectors = encode([phrase, *texts])
+    return texts, vectors[1:] @ vectors[0]
+
+
 def clauses(sentence: str) -> list[str]:
     """A goal sentence split into clauses ("... and put the W on the V")."""
     text = re.sub(r"[.!?]+$", "", sentence.strip().lower())
@@ -154,9 +163,7 @@ class Grounder:
         # "left plate" picks among look-alikes; "right of the plate" is a region's own name.
         side = next((s for s in ("left", "right") if re.match(rf"{s} (?!of\b)", phrase)), None)
         core = phrase.split(" ", 1)[1] if side else phrase
-        texts = [entity_words(c, self.scene.words) for c in candidates]
-        vectors = self.encode([core, *texts])
-        sims = vectors[1:] @ vectors[0]
+        texts, sims = similarities(self.encode, self.scene, core, candidates)
         order = np.argsort(-sims)
         best = float(sims[order[0]])
         if best < MIN_SIMILARITY:

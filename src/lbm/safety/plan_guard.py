@@ -158,8 +158,8 @@ class RuleGuard:
         """Record the observed scene after a subtask; the rule it breaks for good (and stop the robot), or None."""
         start = time.perf_counter()
         valuation = scene.true | (skill_propositions(step) if step is not None else frozenset())
-        self.states = [d.step(q, c.letters(valuation)) for c, d, q in zip(self.spec.constraints, self.dfas, self.states)]
-        dead = [c for c, d, q in zip(self.spec.constraints, self.dfas, self.states) if q not in d.live]
+        self.states = self._step(self.states, valuation)
+        dead = self._broken(self.states)
         self.counts.seconds += time.perf_counter() - start
         if not dead:
             return None
@@ -209,7 +209,7 @@ class RuleGuard:
 
     def repair(self, plan: Plan, scene: SceneState, broken: Sequence[Constraint]) -> tuple[Plan, list[str]]:
         """The closest safe plan reaching the goal (see the module doc), with its edits; PlanningError if none."""
-        if any(q not in d.live for d, q in zip(self.dfas, self.states)):
+        if self._broken(self.states):
             raise PlanningError("the scene already breaks the rule; no plan can undo that, so the robot stays stopped")
         for c, d, q in zip(self.spec.constraints, self.dfas, self.states):
             if not _can_end_with(d, q, c.letters(frozenset(plan.goal))):
@@ -243,8 +243,8 @@ class RuleGuard:
                 step = path[-1][1]
                 atoms = advance(atoms, step, self.known)
                 valuation = atoms | skill_propositions(step)
-                qs = tuple(d.step(q, c.letters(valuation)) for c, d, q in zip(self.spec.constraints, self.dfas, qs))
-                if any(q not in d.live for d, q in zip(self.dfas, qs)):
+                qs = tuple(self._step(qs, valuation))
+                if self._broken(qs):
                     continue
             key = (i, facts, qs)
             if key in seen:
@@ -293,6 +293,14 @@ class RuleGuard:
             f"no safe plan reaches the goal within {self.max_edits} edits of the planned one (rule(s): {rules}); "
             "the goal is refused"
         )
+
+    def _step(self, states: Sequence[int], valuation: frozenset[str]) -> list[int]:
+        """Every constraint's automaton state after one position whose true atoms and skills are ``valuation``."""
+        return [d.step(q, c.letters(valuation)) for c, d, q in zip(self.spec.constraints, self.dfas, states)]
+
+    def _broken(self, states: Sequence[int]) -> list[Constraint]:
+        """The constraints whose automaton is in a dead state: broken for good, whatever comes next."""
+        return [c for c, d, q in zip(self.spec.constraints, self.dfas, states) if q not in d.live]
 
     def _verdict(self, start: float, plan: Plan | None, **fields: Any) -> GuardVerdict:
         seconds = time.perf_counter() - start

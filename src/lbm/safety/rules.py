@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lbm.errors import LbmError
-from lbm.plan.ground import MARGIN, MIN_SIMILARITY, entity_words
+from lbm.plan.ground import MARGIN, MIN_SIMILARITY, entity_words, similarities
 from lbm.plan.symbolic import SceneState
 from lbm.safety.ltlf import DFA, SpecificationError, translate
 from lbm.sim.base import atom, parse_atom
@@ -389,9 +389,7 @@ class _Grounding:
         """Entities whose words match the phrase (the best, and any as good within the grounder's margin)."""
         if not candidates:
             raise _Vacuous(f"the scene has no {kind}s")
-        texts = [entity_words(c, self.scene.words) for c in candidates]
-        vectors = self.encode([phrase, *texts])
-        sims = vectors[1:] @ vectors[0]
+        _, sims = similarities(self.encode, self.scene, phrase, candidates)
         best = float(sims.max())
         if best < MIN_SIMILARITY:
             near = int(np.argmax(sims))

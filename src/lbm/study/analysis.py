@@ -20,21 +20,24 @@ from lbm.eval.records import cells
 from lbm.study.profiles import StudyConfig
 
 
-def arm_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> dict:
-    """{task: (successes, n)} of one arm (all its training seeds pooled) under one condition."""
+def _rows(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> pd.DataFrame:
+    """The records of one arm under one condition (at one data fraction, unless None)."""
     sel = (df["arm"] == arm) & (df["shift"] == shift)
     if fraction is not None:
         sel &= (df["data_fraction"] - fraction).abs() < 1e-9
-    return {cast(tuple[str], k)[0]: v for k, v in cells(df[sel].assign(policy=arm), arm, by=("task",)).items()}
+    return df[sel]
+
+
+def arm_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> dict:
+    """{task: (successes, n)} of one arm (all its training seeds pooled) under one condition."""
+    rows = _rows(df, arm, fraction, shift)
+    return {cast(tuple[str], k)[0]: v for k, v in cells(rows.assign(policy=arm), arm, by=("task",)).items()}
 
 
 def run_cells(df: pd.DataFrame, arm: str, fraction: float | None, shift: str) -> dict:
     """{task: {training seed: (successes, n)}} of one arm under one condition: each training run apart."""
-    sel = (df["arm"] == arm) & (df["shift"] == shift)
-    if fraction is not None:
-        sel &= (df["data_fraction"] - fraction).abs() < 1e-9
     out: dict = {}
-    for (task, seed), g in df[sel].groupby(["task", "train_seed"]):
+    for (task, seed), g in _rows(df, arm, fraction, shift).groupby(["task", "train_seed"]):
         out.setdefault(task, {})[seed] = (int(g["success"].sum()), len(g))
     return out
 

@@ -42,6 +42,11 @@ class PilotChoice:
     def fractions(self) -> tuple[float, ...]:
         return tuple(c / self.anchor for c in self.counts)
 
+    def summary(self) -> dict:
+        """What the plan and the analysis keep of the pilot (JSON-ready)."""
+        rates = {str(k): list(v) for k, v in self.rates.items()}
+        return dict(anchor=self.anchor, counts=list(self.counts), inside=self.inside, reason=self.reason, rates=rates)
+
 
 def choose_design(rates: Mapping[int, tuple[int, int]], band: tuple[float, float] = (0.2, 0.8)) -> PilotChoice:
     """The confirmatory design from the pilot's from-scratch success per candidate demo count (see the module doc)."""

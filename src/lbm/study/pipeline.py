@@ -353,8 +353,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             for t in heldout_tasks
         }  # fmt: skip
         trials, mdd = plan_trials(config)
-        plan = dict(analysis_plan(config, trials, mdd), pilot=dict(anchor=pilot.anchor, counts=list(pilot.counts),
-                    rates={str(k): list(v) for k, v in pilot.rates.items()}, reason=pilot.reason))  # fmt: skip
+        plan = dict(analysis_plan(config, trials, mdd), pilot=pilot.summary())
         plan_sha256 = preregister(root, plan)
         log(f"design after the pilot: demo counts {', '.join(map(str, pilot.counts))}; {trials} trials per cell.")
 
@@ -447,22 +446,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             **sizes,
         )
 
-        def build(work: Path, task: str = task, specs: tuple[str, ...] = specs) -> None:
-            run_evaluation(
-                EvalConfig(
-                    policy=specs,
-                    tasks=task,
-                    shifts=conditions,
-                    trials=trials,
-                    out=work,
-                    workers=config.eval_workers,
-                    cameras=config.cameras,
-                    image_size=config.image_size,
-                    max_steps=config.max_steps or None,
-                    execute_steps=config.execute_steps,
-                )
-            )
-
+        build = evaluation(config, task, specs, trials, shifts=conditions)
         folder = cache.stage("eval", settings, build, f"evaluation on {task}")
         frames.append(annotated_records(folder, checkpoints[task]))
 
@@ -473,14 +457,38 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     analysis = analyze(records, config, trials=trials, mdd=mdd)
     analysis["analysis_plan_sha256"] = check_plan(root)  # verified again: the plan the analysis ran
     if pilot is not None:
-        analysis["pilot"] = dict(anchor=pilot.anchor, counts=list(pilot.counts), inside=pilot.inside, reason=pilot.reason,
-                                 rates={str(k): list(v) for k, v in pilot.rates.items()})  # fmt: skip
+        analysis["pilot"] = pilot.summary()
     analysis["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation (stages may have been cached)
     analysis["stage_seconds"] = cache.seconds  # when each stage ran: the study's compute time end to end
     (root / "analysis.json").write_text(json.dumps(analysis, indent=2, default=json_default) + "\n")
     html, md = write_study_report(root, records, analysis, config)
     print_verdicts(analysis)
     return dict(root=root, records=records_path, report_html=html, report_md=md, analysis=analysis)
+
+
+def evaluation(
+    config: StudyConfig, task: str, specs: tuple[str, ...], trials: int, *, shifts: str = "none", first_trial: int = 0
+) -> Callable[[Path], None]:
+    """The build function of an evaluation stage: ``specs`` on ``task``, blind and paired, into the stage's folder."""
+
+    def build(work: Path) -> None:
+        run_evaluation(
+            EvalConfig(
+                policy=specs,
+                tasks=task,
+                shifts=shifts,
+                trials=trials,
+                first_trial=first_trial,
+                out=work,
+                workers=config.eval_workers,
+                cameras=config.cameras,
+                image_size=config.image_size,
+                max_steps=config.max_steps or None,
+                execute_steps=config.execute_steps,
+            )
+        )
+
+    return build
 
 
 def run_pilot(
@@ -511,22 +519,7 @@ def run_pilot(
         settings = dict(task=task, policies=specs, trials=config.pilot_trials, first_trial=PILOT_FIRST_TRIAL,
                         max_steps=config.max_steps, execute_steps=config.execute_steps)  # fmt: skip
 
-        def build(work: Path, task: str = task, specs: tuple[str, ...] = tuple(specs)) -> None:
-            run_evaluation(
-                EvalConfig(
-                    policy=specs,
-                    tasks=task,
-                    trials=config.pilot_trials,
-                    first_trial=PILOT_FIRST_TRIAL,
-                    out=work,
-                    workers=config.eval_workers,
-                    cameras=config.cameras,
-                    image_size=config.image_size,
-                    max_steps=config.max_steps or None,
-                    execute_steps=config.execute_steps,
-                )  # fmt: skip
-            )
-
+        build = evaluation(config, task, tuple(specs), config.pilot_trials, first_trial=PILOT_FIRST_TRIAL)
         folder = cache.stage("eval", settings, build, f"pilot evaluation on {task}")
         for name, g in load_records(folder).groupby("policy"):
             count = int(str(name).removeprefix("pilot-"))
