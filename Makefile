@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 TORCH_SPEC  ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
 
-.PHONY: quickstart test lint format test-slow test-interop bench bench-quick system-deps install clean
+.PHONY: quickstart test lint format test-slow test-interop bench bench-quick bench-peers system-deps install clean
 
 quickstart: install
 	$(BIN)/lbm study quick
@@ -47,6 +47,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# lbm against LeRobot 0.4.4 on the same data and budget (builds LeRobot's own environment when needed; ~2 h on 2 cores).
+bench-peers: install
+	$(BIN)/python benchmarks/peers/run.py
 
 install: $(STAMP)
 

@@ -1,11 +1,6 @@
 """Round trip with LeRobot's own ``LeRobotDataset`` (marker ``interop``; run with ``make test-interop``).
 
-``lerobot`` 0.4.x pins ``torch<2.11``, ``torchvision<0.26`` and ``huggingface-hub<0.36``, so it cannot
-live in our venv. This test builds a separate venv (cached, see :func:`lerobot_python`) with the
-``torch==2.9.1`` / ``torchvision==0.24.1`` pair (inside LeRobot's pins; pip takes both from this
-machine's disk), then ``lerobot`` with ``--no-deps`` plus only the packages its dataset code imports.
-Newer torchvision will not do: 0.25+ dropped ``torchvision.io.VideoReader``, which LeRobot's ``pyav``
-decoder calls (``torchcodec``, its other decoder, needs system FFmpeg libraries and a matching torch).
+``lerobot`` 0.4.x pins its own torch, so it runs in a separate venv (``tests/lerobot_env.py``, cached).
 
 1. LeRobot reads what we write: ``LeRobotDataset(repo_id, root=...)`` on a dataset from our
    :class:`DatasetWriter` (video and PNG images) gives back every frame's state, action, indices,
@@ -21,115 +16,29 @@ built (no registry, no wheel for this machine, too little disk) the test skips a
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import platform
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import lerobot_env
 from lbm.data import DatasetWriter, EpisodeDataset
 from lbm.schema import ACTION, EPISODE_INDEX, FRAME_INDEX, INDEX, STATE, TASK_INDEX, TIMESTAMP, Embodiment, image_key
 
 pytestmark = pytest.mark.interop
 
-LEROBOT = "0.4.4"
-TORCH, TORCHVISION = "2.9.1", "0.24.1"  # on disk for Python 3.11 on x86_64 (CUDA build, runs on CPU) and aarch64
-DEPS = [  # what ``lerobot.datasets.lerobot_dataset`` imports, with LeRobot's own bounds
-    "datasets>=4,<5",
-    "huggingface-hub>=0.34.2,<0.36",
-    "accelerate>=1.10,<2",
-    "av>=15,<16",
-    "packaging>=24.2,<26",
-    "pandas",
-    "pyarrow",
-    "pillow",
-]
-NEEDED_FREE_GB = 12  # the venv is ~7 GB on x86_64, plus pip's unpacking
 EMB = Embodiment("toy-arm", 5, 2, (-1, -1), (1, 1), cameras=("cam",), control_hz=10)
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("LBM_INTEROP_CACHE") or Path.home() / ".cache" / "lbm-interop")
-
-
-def _pip(python: Path, *args: str, constraints: Path) -> None:
-    cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints), *args]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"cannot build the LeRobot environment: pip install {' '.join(args)} took over 30 min")
-    if r.returncode:
-        err = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("WARNING: Location"))
-        pytest.skip(f"cannot build the LeRobot environment: pip install {' '.join(args)} failed: {err[-600:]}")
-
-
-def _probe(python: Path) -> str:
-    """'' when LeRobot's dataset class imports in ``python``, else the last line of the error."""
-    r = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import torchvision.io; torchvision.io.VideoReader; from lerobot.datasets.lerobot_dataset import LeRobotDataset",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_offline_env(python.parent), "PYTHONWARNINGS": "ignore"},
-    )
-    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
-
-
-def _offline_env(home: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "HF_HOME": str(home / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
 
 
 @pytest.fixture(scope="module")
 def lerobot_python() -> Path:
-    """Python of a venv with LeRobot, built once and cached under ``$LBM_INTEROP_CACHE`` (default
-    ``~/.cache/lbm-interop``), keyed by every pinned version; a first build takes a few minutes."""
-    if sys.version_info[:2] != (3, 11):
-        pytest.skip(f"the LeRobot side environment is pinned for Python 3.11, this is {platform.python_version()}")
-    if platform.machine() not in ("x86_64", "aarch64"):
-        pytest.skip(f"no torch {TORCH} / torchvision {TORCHVISION} pair is known for {platform.machine()}")
-    cache = _cache_root()
-    cache.mkdir(parents=True, exist_ok=True)
-    venv = cache / f"lerobot-{LEROBOT}-torch{TORCH}-tv{TORCHVISION}-py311-{platform.machine()}"
-    python, ready = venv / "bin" / "python", venv / ".lbm-ready"
-    spec = json.dumps({"lerobot": LEROBOT, "torch": TORCH, "torchvision": TORCHVISION, "deps": DEPS})
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it ready
-        if ready.is_file() and ready.read_text() == spec and python.exists() and not _probe(python):
-            return python
-        shutil.rmtree(venv, ignore_errors=True)  # half-built, stale or broken: start over
-        free_gb = shutil.disk_usage(cache).free / 2**30
-        if free_gb < NEEDED_FREE_GB:
-            pytest.skip(f"cannot build the LeRobot environment: {free_gb:.1f} GB free in {cache}, need {NEEDED_FREE_GB}")
-        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot create a venv for LeRobot: {r.stderr.strip()[-300:]}")
-        constraints = venv / "constraints.txt"  # nothing later may swap torch for a multi-GB download
-        constraints.write_text(f"torch=={TORCH}\ntorchvision=={TORCHVISION}\n")
-        _pip(python, f"torch=={TORCH}", f"torchvision=={TORCHVISION}", constraints=constraints)
-        _pip(python, "--no-deps", f"lerobot=={LEROBOT}", constraints=constraints)
-        _pip(python, *DEPS, constraints=constraints)
-        error = _probe(python)
-        if error:
-            pytest.skip(f"lerobot=={LEROBOT} does not import in its side environment ({venv}): {error}")
-        ready.write_text(spec)
-    return python
+    """Python of LeRobot's own venv (:func:`lerobot_env.build`, cached); the test skips, saying why, if it cannot be built."""
+    try:
+        return lerobot_env.build()
+    except lerobot_env.Unavailable as error:
+        pytest.skip(f"cannot build the LeRobot environment: {error}")
 
 
 def _run(python: Path, code: str, home: Path) -> dict:
@@ -140,7 +49,7 @@ def _run(python: Path, code: str, home: Path) -> dict:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**_offline_env(home), "PYTHONWARNINGS": "ignore"},
+        env=lerobot_env.offline_env(home),
         cwd=home,
     )
     assert r.returncode == 0, f"LeRobot side failed:\n{r.stderr[-4000:]}"

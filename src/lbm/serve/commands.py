@@ -28,7 +28,7 @@ class ServeConfig:
     """
 
     checkpoint: Annotated[Path, tyro.conf.Positional]
-    """Checkpoint folder written by `lbm train`."""
+    """Checkpoint folder written by `lbm train` (with --lerobot: by `lerobot-train`)."""
     host: str = "127.0.0.1"
     """Address to bind. Loopback by default; any other address requires --token."""
     port: int = 8000
@@ -57,6 +57,16 @@ class ServeConfig:
     """Seconds between metrics lines in the log (0 = never)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    lerobot: bool = False
+    """CHECKPOINT is a LeRobot checkpoint: serve it in LeRobot's own environment (lbm_client.lerobot_server), one
+    action per request, exactly as lerobot-eval steps it."""
+    lerobot_python: str = ""
+    """With --lerobot: the Python of an environment with LeRobot (default: $LBM_LEROBOT_PYTHON)."""
+    embodiment: str = ""
+    """With --lerobot: the lbm embodiment the policy acts for (default: the robot_type of its training dataset)."""
+    env_state_from_state: bool = False
+    """With --lerobot: fill observation.environment_state with the state (how LeRobot's ACT and Diffusion train on
+    lbm's state-only datasets; see benchmarks/peers)."""
 
     def server_config(self) -> ServerConfig:
         """The :class:`ServerConfig` part of these settings (the token from $LBM_SERVE_TOKEN when not given)."""
@@ -64,6 +74,20 @@ class ServeConfig:
         values = {name: getattr(self, name) for name in shared}
         values["token"] = self.token or os.environ.get("LBM_SERVE_TOKEN", "")
         return ServerConfig(**values)
+
+
+def _serve_lerobot(config: ServeConfig, token: str) -> int:
+    from rich.console import Console
+
+    from lbm.serve import lerobot
+
+    info, body = lerobot.resolve(config.checkpoint, config.embodiment, config.env_state_from_state)
+    python = lerobot.lerobot_python(config.lerobot_python)
+    Console(stderr=True).print(
+        f"[bold]lbm serve --lerobot[/bold] {info.path} (LeRobot {info.policy_type}, state {info.state_dim}, action "
+        f"{info.action_dim}, cameras {list(info.cameras) or 'none'}) for {body.name}, in {python}"
+    )
+    return lerobot.run(lerobot.command(python, info, body, config.host, config.port, config.threads, config.device), token)
 
 
 def serve(config: Annotated[ServeConfig, tyro.conf.arg(name="")]) -> int:
@@ -80,6 +104,12 @@ def serve(config: Annotated[ServeConfig, tyro.conf.arg(name="")]) -> int:
         ) from None
     server_config = config.server_config()
     validate_config(server_config)  # refuse an exposed bind before spending seconds loading the model
+    if config.lerobot:
+        return _serve_lerobot(config, server_config.token)
+    if config.embodiment or config.lerobot_python or config.env_state_from_state:
+        raise LbmError(
+            "--embodiment, --lerobot-python and --env-state-from-state apply to LeRobot checkpoints only: add --lerobot."
+        )
     import torch  # the model: only after the settings are known to be usable
 
     if config.threads > 0:

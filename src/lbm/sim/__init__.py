@@ -13,7 +13,7 @@ Quick use::
 """
 
 from lbm.sim.base import RenderConfig, SimEnv, StepResult, TaskSpec, atom, goal_reached, parse_atom
-from lbm.sim.make import embodiment_of, make_env
+from lbm.sim.make import embodiment_named, embodiment_of, make_env
 from lbm.sim.metaworld import METAWORLD_EMBODIMENT, METAWORLD_WORKSPACE, MetaWorldEnv, MocapActuation
 from lbm.sim.registry import TASK_SETS, TASKS, get_task, resolve_tasks, task_for_instruction
 from lbm.sim.seeds import DEMO_SEED_RANGE, EVAL_SEED_RANGE, demo_seed, eval_seed
@@ -38,6 +38,7 @@ __all__ = [
     "TaskSpec",
     "atom",
     "demo_seed",
+    "embodiment_named",
     "embodiment_of",
     "eval_seed",
     "get_task",

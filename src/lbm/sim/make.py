@@ -20,6 +20,19 @@ def embodiment_of(task: str) -> Embodiment:
     return importlib.import_module(BACKENDS[spec.suite]).EMBODIMENTS[spec.embodiment]
 
 
+def embodiment_named(name: str) -> Embodiment:
+    """The registered :class:`Embodiment` called ``name`` (e.g. ``metaworld-sawyer``), from any suite."""
+    known: dict[str, Embodiment] = {}
+    for module in BACKENDS.values():
+        try:
+            known.update(importlib.import_module(module).EMBODIMENTS)
+        except ImportError:  # a suite whose simulator is not installed names no embodiments here
+            continue
+    if name not in known:
+        raise did_you_mean(name, known, "embodiment")
+    return known[name]
+
+
 def make_env(
     task: str,
     *,
