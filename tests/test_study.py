@@ -56,6 +56,9 @@ def test_study_writes_report_and_records(mini_study):
     html = result["report_html"].read_text()
     for heading in ("Study verdicts", "Data efficiency", "Robustness gap", "per task", "<img"):
         assert heading in html
+    forest = result["root"] / "report" / "forest.png"  # one interval per row of the per-task table
+    assert forest.is_file() and "finetuned and zero-shot minus from-scratch" in result["report_md"].read_text()
+    assert not (result["root"] / "report" / "scaling.png").exists()  # no scaling arm in this study
     openings = [v.split("] ", 1)[1].split(":")[0].split(",")[0] for v in result["analysis"]["verdicts"]]
     tags = [v.split("] ", 1)[0] + "]" for v in result["analysis"]["verdicts"]]
     plan = json.loads((result["root"] / "analysis_plan.json").read_text())
@@ -306,5 +309,6 @@ def test_the_scaling_arm_pretrains_on_nested_fractions_and_reports_a_trend(tmp_p
         lv["n"] == config.trials for lv in scaling["levels"]
     )
     assert any(v.startswith("[H7, secondary] Pretraining-data scaling") for v in result["analysis"]["verdicts"])
+    assert (result["root"] / "report" / "scaling.png").is_file() and "Pretraining-data scaling" in result["report_md"].read_text()
     plan = json.loads((result["root"] / "analysis_plan.json").read_text())
     assert "H7" in {h["id"] for h in plan["secondary"]}

@@ -200,12 +200,14 @@ def write_report(
     title: str = "lbm evaluation report",
     sections: Sequence[Section] = (),
     notes: Sequence[str] = (),
+    figures_first: Sequence[tuple[str, Path]] = (),
 ) -> list[Path]:
     """Write report.html (self-contained), report.md, comparison.json and the PNG plots into ``out``.
 
     ``df`` is a validated records table (:func:`lbm.eval.records.load_records`). Returns the paths
     written. Statistics: :func:`lbm.eval.compare.compare_records`. ``sections`` (title, header,
-    rows) are tables a caller such as ``lbm study`` puts first; ``notes`` are extra warnings.
+    rows) are tables a caller such as ``lbm study`` puts first; ``notes`` are extra warnings;
+    ``figures_first`` (caption, PNG path) are the caller's plots, shown before the evaluation's.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,7 @@ def write_report(
     result = compare_records(cmp_df, test=test, correction=correction, alpha=alpha, confidence=confidence)
     result["warnings"] = [*notes, *result["warnings"]]
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    figures: list[tuple[str, Path]] = [("Success per task and shift", plot_success(result, out / "success.png"))]
+    figures: list[tuple[str, Path]] = [*figures_first, ("Success per task and shift", plot_success(result, out / "success.png"))]
     v = plot_violins(result, out / "posteriors.png")
     if v is not None:
         figures.append(("Posterior violins with compact letters", v))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lbm.eval.report import write_report
@@ -29,6 +30,63 @@ def print_verdicts(analysis: dict) -> None:
     for w in analysis["warnings"]:
         table.add_row("!", f"[yellow]{w}[/yellow]")
     console.print(table)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_forest(per_task: list[dict], path: Path) -> Path | None:
+    """Per-task forest plot: each arm's success minus from-scratch (100% data) with its 95% Newcombe interval."""
+    if not per_task:
+        return None
+    plt = _pyplot()
+    rows = sorted(per_task, key=lambda r: (r["shift"], r["task"], r["arm"]))
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.28 * len(rows)))
+    arms = sorted({r["arm"] for r in rows})
+    colors = dict(zip(arms, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows):
+        ax.errorbar(r["diff"], yi, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=colors[r["arm"]],
+                    capsize=2, ms=4, mfc="white" if r["verdict"] not in ("better", "worse") else colors[r["arm"]])  # fmt: skip
+    ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_yticks(y, [f"{r['task'].removesuffix('-v3')} · {r['shift']} · {r['arm']}" for r in rows], fontsize=7)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel("success minus from-scratch (95% Newcombe; filled: significant after correction)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(scaling: dict | None, path: Path) -> Path | None:
+    """Finetuned success against the fraction of pretraining data (log2 axis), stratified Wilson intervals."""
+    if not scaling or not scaling.get("levels"):
+        return None
+    plt = _pyplot()
+    levels = sorted(scaling["levels"], key=lambda lv: lv["fraction"])
+    x = np.array([lv["fraction"] for lv in levels])
+    rate, lo, hi = (np.array([lv[k] for lv in levels]) for k in ("rate", "lo", "hi"))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.errorbar(x, rate, yerr=[rate - lo, hi - rate], fmt="o-", capsize=3, color="tab:blue")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{f:.1%}" for f in x])
+    t = scaling["trend"]
+    ax.set_title(f"Pretraining-data scaling: slope {t['slope']:+.2f} log-odds per doubling, p = {t['p']:.2g}", fontsize=9)
+    ax.set_xlabel("fraction of the pretraining demonstrations")
+    ax.set_ylabel("finetuned success (mean over tasks)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config: StudyConfig) -> tuple[Path, Path]:
@@ -148,9 +206,20 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
                 ],
             )
         )  # fmt: skip
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [
+        (caption, path)
+        for caption, path in (
+            ("Per task: finetuned and zero-shot minus from-scratch", plot_forest(analysis["per_task"], out / "forest.png")),
+            ("Pretraining-data scaling", plot_scaling(analysis.get("scaling"), out / "scaling.png")),
+        )
+        if path is not None
+    ]
     paths = write_report(
         records,
-        root / "report",
+        out,
+        figures_first=figures,
         alpha=config.alpha,
         title=f"lbm study: {config.name}",
         sections=sections,
