@@ -391,7 +391,11 @@ def markdown(results: dict) -> str:
     ]
     for s in results["settings"]:
         st = s["setting"]
-        lines += [f"## Setting `{st['name']}`: {st['tasks']}, {st['demos']} demos per task, {st['trials']} trials per task", ""]
+        lines += [
+            f"## Setting `{st['name']}`: {st['tasks']}, {st['demos']} demos per task, {st['trials']} trials per task, "
+            f"{s['minutes']:g} min of training per policy",
+            "",
+        ]
         for key, ev in s["evaluations"].items():
             budget, shift = key.split("/")
             res = ev["compare"]
@@ -409,7 +413,10 @@ def markdown(results: dict) -> str:
                 row += " | ".join(f"{_rate(cell[(p['policy'], t)])} {cell[(p['policy'], t)]['letters']}" for t in tasks) + " |"
                 lines.append(row)
             aggregate = [v for v in res["verdicts"] if v.startswith("Across")]  # per-task verdicts are the letters above
-            lines += ["", *[f"- {v}" for v in aggregate], *[f"- warning: {w}" for w in res["warnings"]], ""]
+            served = [f"{n}: {v.get('requests')} control steps, {v.get('errors')} errors, {v.get('clipped_actions')} actions "
+                      "clipped to the bounds" for n, v in ev["served"].items() if v]  # fmt: skip
+            lines += ["", *[f"- {v}" for v in aggregate], *[f"- served by LeRobot: {v}" for v in served],
+                      *[f"- warning: {w}" for w in res["warnings"]], ""]  # fmt: skip
         lines += [
             "### Cost",
             "",
