@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from lbm.data import DatasetWriter
 from lbm.serve.lerobot import dataset_embodiment, resolve
 from lbm.sim import METAWORLD_EMBODIMENT
 from lbm_client.lerobot_server import CheckpointError, check_checkpoint, pretrained_dir
@@ -113,9 +114,9 @@ def test_a_folder_without_a_checkpoint_is_refused(tmp_path):
 
 
 def test_the_embodiment_defaults_to_the_training_dataset_robot(tmp_path):
-    data = tmp_path / "data"
-    (data / "meta").mkdir(parents=True)
-    (data / "meta" / "info.json").write_text(json.dumps({"robot_type": METAWORLD_EMBODIMENT.name}))
+    data = tmp_path / "data"  # one short episode of a Meta-World dataset, as lbm data generate writes it
+    with DatasetWriter(data, METAWORLD_EMBODIMENT) as writer:
+        writer.add_episode(np.zeros((3, S), np.float32), np.zeros((3, A), np.float32), "reach the goal")
     run = write_checkpoint(tmp_path / "run", dataset_root=str(data))
     assert dataset_embodiment(run) == METAWORLD_EMBODIMENT.name
     info, body = resolve(run, "", env_state_from_state=True)

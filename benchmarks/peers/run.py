@@ -77,6 +77,13 @@ class Arm:
     toolkit: str  # "lbm" | "lerobot"
     policy: str  # lbm preset, or LeRobot policy type
 
+    @property
+    def batch(self) -> int:
+        """Each toolkit's own default batch size: the lbm preset's, or lerobot-train's."""
+        from lbm.train import get_preset
+
+        return get_preset(self.policy).batch_size if self.toolkit == "lbm" else LEROBOT_BATCH
+
 
 ARMS = (
     Arm("lbm_flow", "lbm", "mt10-flow-small"),
@@ -132,12 +139,11 @@ def train_lbm(arm: Arm, data: Path, out: Path, steps: int, minutes: float, log: 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     done = max(m["step"] for m in metrics)
     rates = [m["train/samples_per_s"] for m in metrics if "train/samples_per_s" in m]
-    batch = int(json.loads((out / "train_config.json").read_text()).get("batch_size", 64))
     return {
         "command": " ".join(cmd),
         "steps": done,
-        "batch": batch,
-        "samples": done * batch,
+        "batch": arm.batch,
+        "samples": done * arm.batch,
         "wall_s": wall,
         "samples_per_s": float(np.median(rates[1:] or rates)),
         "peak_rss_mb": rss,
@@ -258,15 +264,15 @@ def evaluate(setting: Setting, setting_dir: Path, policies: dict[str, str], pyth
     return {"shift": shift, "wall_s": wall, "compare": result, "served": served, "execute_steps": steps}
 
 
-def lbm_latency(checkpoint: str, state_dim: int, repeats: int = 50) -> dict:
+def lbm_latency(checkpoint: str, repeats: int = 50) -> dict:
     """Median and p90 of one chunk at batch 1 for an lbm checkpoint (the first call's warm-up excluded)."""
     from lbm.schema import Observation
     from lbm.train import load_policy
 
     policy = load_policy(checkpoint)
-    body = next(iter(policy.embodiments))
+    body = next(iter(policy.embodiments.values()))
     instruction = (policy.describe().get("instructions") or [""])[0]
-    obs = Observation(state=np.zeros(state_dim, np.float32), instruction=instruction, embodiment=body)
+    obs = Observation(state=np.zeros(body.state_dim, np.float32), instruction=instruction, embodiment=body.name)
     times = []
     for i in range(repeats + 3):
         state = policy.reset(i)
@@ -315,8 +321,7 @@ def run_setting(setting: Setting, work: Path, python: str, minutes: float, shift
 
         def fill(arm: Arm = arm) -> dict:
             rate = calibrate(arm, sdir, python, work)
-            batch = 64 if arm.toolkit == "lbm" else LEROBOT_BATCH
-            steps = max(1, int(rate * minutes * 60 / batch))
+            steps = max(1, int(rate * minutes * 60 / arm.batch))
             return {**train(arm, sdir, python, steps, minutes * 1.1, "time", work), "calibrated_samples_per_s": rate}
 
         trained[f"{arm.name}"] = cached(sdir / "results" / f"train-{arm.name}-time.json", fill)
@@ -326,8 +331,7 @@ def run_setting(setting: Setting, work: Path, python: str, minutes: float, shift
         if arm.name == slowest:
             trained[f"{arm.name}@samples"] = trained[arm.name]
             continue
-        batch = 64 if arm.toolkit == "lbm" else LEROBOT_BATCH
-        steps = max(1, math.ceil(budget / batch))
+        steps = max(1, math.ceil(budget / arm.batch))
         trained[f"{arm.name}@samples"] = cached(
             sdir / "results" / f"train-{arm.name}-samples.json",
             lambda arm=arm, steps=steps: train(arm, sdir, python, steps, 0, "samples", work),
@@ -346,14 +350,13 @@ def run_setting(setting: Setting, work: Path, python: str, minutes: float, shift
             lambda: evaluate(setting, sdir, sample_arms, python, "none", "samples-none"),
         ),
     }
-    state_dim = embodiment_of(resolve_tasks(setting.tasks)[0]).state_dim
     emb_file = sdir / "embodiment.json"
     emb_file.write_text(json.dumps(embodiment_of(resolve_tasks(setting.tasks)[0]).to_json()))
     latency = {}
     for arm in ARMS:
         ckpt = trained[arm.name]["checkpoint"]
         if arm.toolkit == "lbm":
-            latency[arm.name] = lbm_latency(ckpt, state_dim)
+            latency[arm.name] = lbm_latency(ckpt)
         else:
             r = subprocess.run(
                 [python, str(HERE / "lerobot_side.py"), "latency", ckpt, str(emb_file)],

@@ -32,22 +32,30 @@ Section = tuple[str, list[str], list[list[str]]]
 """An extra table for the top of a report: (title, header, rows of cell strings)."""
 
 
-def _colors(policies: list[str]) -> dict[str, str]:
-    return {p: _PALETTE[i % len(_PALETTE)] for i, p in enumerate(sorted(policies))}
-
-
-def plot_success(result: dict, path: Path) -> Path:
-    """Dot-and-whisker plot: success rate with its interval per task (rows), policy (colour), shift (panel)."""
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported only when a report draws)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def palette(names: list[str]) -> dict[str, str]:
+    """One palette colour per name, in sorted order: the same name gets the same colour in every plot."""
+    return {p: _PALETTE[i % len(_PALETTE)] for i, p in enumerate(sorted(names))}
+
+
+def plot_success(result: dict, path: Path) -> Path:
+    """Dot-and-whisker plot: success rate with its interval per task (rows), policy (colour), shift (panel)."""
+    plt = pyplot()
+
     succ = pd.DataFrame(result["success"])
     shifts = sorted(succ["shift"].unique(), key=lambda s: (s != "none", s))
     tasks = sorted(succ["task"].unique())
     pols = result["policies"]
-    colors = _colors(pols)
+    colors = palette(pols)
     height = 1.2 + 0.28 * len(tasks) * max(1, len(pols)) ** 0.5
     fig, axes = plt.subplots(1, len(shifts), figsize=(3.6 * len(shifts) + 1.6, height), sharey=True, squeeze=False)
     offsets = np.linspace(-0.3, 0.3, len(pols)) if len(pols) > 1 else np.zeros(1)
@@ -83,17 +91,14 @@ def plot_success(result: dict, path: Path) -> Path:
 
 def plot_violins(result: dict, path: Path, samples: int = 10_000) -> Path | None:
     """Beta(1+s, 1+f) posterior violins per cell (10,000 draws each), with compact letters above."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     succ = pd.DataFrame(result["success"])
     cells = result["cells"]
     if len(cells) > MAX_VIOLIN_CELLS:
         return None
     pols = result["policies"]
-    colors = _colors(pols)
+    colors = palette(pols)
     ncol = min(4, len(cells))
     nrow = int(np.ceil(len(cells) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(1.0 + 0.75 * len(pols) * ncol + 0.8, 2.9 * nrow), squeeze=False, sharey=True)
@@ -129,13 +134,10 @@ def plot_violins(result: dict, path: Path, samples: int = 10_000) -> Path | None
 
 def plot_aggregate(result: dict, path: Path) -> Path:
     """Mean and IQM across cells with stratified bootstrap intervals and across-task letters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     agg = pd.DataFrame(result["aggregate"]["policies"]).sort_values(["mean", "policy"], ascending=[False, True])
-    colors = _colors(result["policies"])
+    colors = palette(result["policies"])
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.1 * len(agg), 3.3), sharey=True)
     for ax, key, name in ((axes[0], "mean", "mean success"), (axes[1], "iqm", "IQM")):
         x = np.arange(len(agg))
@@ -160,14 +162,11 @@ def plot_data_efficiency(df: pd.DataFrame, path: Path, confidence: float = 0.95)
     """Mean success across cells vs ``data_fraction`` per ``arm`` (or policy), with stratified Wilson bands."""
     if "data_fraction" not in df.columns:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     group = "arm" if "arm" in df.columns else "policy"
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    colors = _colors(sorted(df[group].astype(str).unique()))
+    colors = palette(sorted(df[group].astype(str).unique()))
     for name, g in df.groupby(df[group].astype(str)):
         pts = []
         for frac, gf in g.groupby("data_fraction"):

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import lbm_client
+from lbm.data.meta import read_info
 from lbm.errors import LbmError
 from lbm.schema import Embodiment
 from lbm.sim import embodiment_named
@@ -32,8 +33,8 @@ def dataset_embodiment(checkpoint: Path) -> str:
     try:
         folder = pretrained_dir(checkpoint)
         root = json.loads((folder / "train_config.json").read_text())["dataset"]["root"]
-        return str(json.loads((Path(root) / "meta" / "info.json").read_text()).get("robot_type") or "")
-    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return read_info(Path(root) / "meta" / "info.json").robot_type or ""
+    except (CheckpointError, LbmError, OSError, ValueError, KeyError, TypeError):
         return ""
 
 

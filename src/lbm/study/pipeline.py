@@ -361,9 +361,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
     scaled = {  # pretraining on nested fractions of the pretraining demos (the 100% model is the main one)
         (f, seed): pretrain(pretrain_data, seed, f"pretrain {pct(f)} of the data", config.pretrain_weights, f)
-        if f < 1
-        else pretrained[seed]
         for f in config.pretrain_data_fractions
+        if f < 1
         for seed in config.train_seeds
     }
 
@@ -408,22 +407,17 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     )
                     checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed,
                                                    pretrain_fraction=1.0 if arm != "scratch" else 0.0)  # fmt: skip
-            if fraction == max(config.fractions):  # the scaling arm: each smaller pretraining, finetuned on 100%
-                for (pf, seed), init in scaled.items():
-                    if pf == 1.0:
-                        continue  # the finetuned arm at 100% is this level
-                    cfg = replace(
-                        base, mode="finetune", name=f"{task}-scaling-{pct(pf)}-s{seed}", seed=seed, steps=config.task_steps,
-                        data=DataConfig(roots=(str(task_data[task]),), val_episodes=0, fraction=fraction,
-                                        subset_seed=config.subset_seed),
-                        finetune=FinetuneConfig(init_from=str(init), variant=config.finetune_variant),
-                        optim=OptimConfig(lr=config.finetune_lr, warmup_steps=min(50, config.task_steps // 10)),
-                    )  # fmt: skip
-                    label = f"finetuned {task} from {pct(pf)} of the pretraining data (seed {seed})"
-                    path = cache.stage("train", train_settings(cfg), trainer(cfg), label) / "checkpoint"
-                    name = f"scaling-{pct(pf)}" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
-                    checkpoints[task][name] = dict(path=path, arm="scaling", data_fraction=fraction, train_seed=seed,
-                                                   pretrain_fraction=pf)  # fmt: skip
+                if fraction == max(config.fractions):  # the scaling arm: the 100% finetuning from each smaller pretraining
+                    for pf in sorted(f for f, s in scaled if s == seed):
+                        cfg = replace(
+                            finetuned, name=f"{task}-scaling-{pct(pf)}-s{seed}", seed=seed, steps=config.task_steps,
+                            finetune=replace(finetuned.finetune, init_from=str(scaled[(pf, seed)])),
+                        )  # fmt: skip
+                        label = f"finetuned {task} from {pct(pf)} of the pretraining data (seed {seed})"
+                        path = cache.stage("train", train_settings(cfg), trainer(cfg), label) / "checkpoint"
+                        name = f"scaling-{pct(pf)}" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
+                        checkpoints[task][name] = dict(path=path, arm="scaling", data_fraction=fraction, train_seed=seed,
+                                                       pretrain_fraction=pf)  # fmt: skip
         if config.zero_shot:
             for seed in config.train_seeds:
                 name = "pretrained" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")

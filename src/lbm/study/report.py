@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lbm.eval.report import write_report
+from lbm.eval.report import palette, pyplot, write_report
 from lbm.study.profiles import StudyConfig
 
 
@@ -32,28 +32,18 @@ def print_verdicts(analysis: dict) -> None:
     console.print(table)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_forest(per_task: list[dict], path: Path) -> Path | None:
     """Per-task forest plot: each arm's success minus from-scratch (100% data) with its 95% Newcombe interval."""
     if not per_task:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted(per_task, key=lambda r: (r["shift"], r["task"], r["arm"]))
     fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.28 * len(rows)))
-    arms = sorted({r["arm"] for r in rows})
-    colors = dict(zip(arms, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    color = palette(sorted({r["arm"] for r in rows}))
     y = np.arange(len(rows))[::-1]
     for yi, r in zip(y, rows):
-        ax.errorbar(r["diff"], yi, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=colors[r["arm"]],
-                    capsize=2, ms=4, mfc="white" if r["verdict"] not in ("better", "worse") else colors[r["arm"]])  # fmt: skip
+        ax.errorbar(r["diff"], yi, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=color[r["arm"]],
+                    capsize=2, ms=4, mfc="white" if r["verdict"] not in ("better", "worse") else color[r["arm"]])  # fmt: skip
     ax.axvline(0, color="0.4", lw=0.8)
     ax.set_yticks(y, [f"{r['task'].removesuffix('-v3')} · {r['shift']} · {r['arm']}" for r in rows], fontsize=7)
     ax.set_xlim(-1.05, 1.05)
@@ -69,7 +59,7 @@ def plot_scaling(scaling: dict | None, path: Path) -> Path | None:
     """Finetuned success against the fraction of pretraining data (log2 axis), stratified Wilson intervals."""
     if not scaling or not scaling.get("levels"):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     levels = sorted(scaling["levels"], key=lambda lv: lv["fraction"])
     x = np.array([lv["fraction"] for lv in levels])
     rate, lo, hi = (np.array([lv[k] for lv in levels]) for k in ("rate", "lo", "hi"))
