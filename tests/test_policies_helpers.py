@@ -23,8 +23,10 @@ def write_tiny_dataset(
     embodiment: Embodiment | None = None,
     cameras: tuple[str, ...] = (),
     seed: int = 0,
+    sim_task: str = "tiny",
 ) -> Path:
-    """Episodes whose actions are a smooth function of state and instruction: learnable in seconds."""
+    """Episodes whose actions are a smooth function of state and instruction: learnable in seconds. Episode
+    ``i`` is recorded as simulator task ``{sim_task}{i % 2}``."""
     from lbm.data.dataset import DatasetWriter
 
     emb = embodiment or tiny_embodiment()
@@ -37,5 +39,5 @@ def write_tiny_dataset(
             states = (s0 + 0.5 * np.sin(2 * np.pi * t + task)).astype(np.float32)
             actions = (0.8 * np.tanh(states[:, : emb.action_dim] * (1 if task == 0 else -1))).astype(np.float32)
             images = {c: rng.integers(0, 255, (length, 32, 32, 3), dtype=np.uint8) for c in cameras}
-            w.add_episode(states, actions, INSTRUCTIONS[task], images=images)
+            w.add_episode(states, actions, INSTRUCTIONS[task], images=images, sim_task=f"{sim_task}{task}")
     return root

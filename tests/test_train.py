@@ -296,6 +296,36 @@ def test_episode_subsets_are_nested_and_seeded():
         episode_subset(10, 0.0, seed=0)
 
 
+def test_a_task_filter_trains_on_those_tasks_alone_and_normalizes_with_their_statistics(workdir):
+    from lbm.data.dataset import EpisodeDataset
+    from lbm.schema import ACTION, STATE
+    from lbm.train.checkpoint import load_stats_of
+
+    ds = EpisodeDataset(workdir / "data")
+    only = ds.episodes_of_tasks(["tiny0"])
+    assert only and len(only) < ds.num_episodes and {ds.episode_sim_task(i) for i in only} == {"tiny0"}
+    everything = ds.stats_of(list(range(ds.num_episodes)))  # the same computation as the stats the writer stored
+    np.testing.assert_allclose(everything[STATE].mean, ds.stats[STATE].mean, rtol=1e-5, atol=1e-6)
+    cfg = _cfg(workdir, name="tiny0-only", steps=10, val_every=0)
+    ckpt = train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tasks=("tiny0",))))
+    stored, expected = load_stats_of(ckpt)[ds.embodiment.name], ds.stats_of(only)
+    for key in (STATE, ACTION):
+        np.testing.assert_allclose(stored[key].mean, expected[key].mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored[key].max, expected[key].max, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stored[STATE].mean, ds.stats[STATE].mean)  # not the whole dataset's statistics
+
+
+def test_a_task_filter_that_selects_nothing_is_refused(workdir, tmp_path):
+    other = write_tiny_dataset(tmp_path / "other", episodes=2, sim_task="other")
+    cfg = _cfg(workdir, name="never")
+    with pytest.raises(LbmError, match=r"Unknown task 'tiny7'.*tiny0"):
+        train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tasks=("tiny7",))))
+    both = dataclasses.replace(cfg.data, roots=(*cfg.data.roots, str(other)), tasks=("tiny0",))
+    with pytest.raises(LbmError, match="selects no episode of .*other"):
+        train(dataclasses.replace(cfg, data=both))
+    assert not (workdir / "never").exists()
+
+
 def _save_args(workdir):
     from lbm.data.dataset import EpisodeDataset
     from lbm.policies import InstructionCache, build_policy, policy_config

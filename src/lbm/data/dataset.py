@@ -685,6 +685,21 @@ class EpisodeDataset:
             raise did_you_mean(sim_task, set(names), "task in this dataset")
         return [int(i) for i in np.flatnonzero(names.to_numpy() == sim_task)]
 
+    def episodes_of_tasks(self, sim_tasks: Sequence[str]) -> list[int]:
+        """Indices of the episodes recorded on any of ``sim_tasks`` (every episode when it is empty)."""
+        if not sim_tasks:
+            return list(range(self.num_episodes))
+        if "sim_task" not in self._episodes:
+            raise LbmError(f"{self.root} does not record each episode's simulator task; it cannot be filtered by task.")
+        wanted = np.isin(self._episodes["sim_task"].astype(str).to_numpy(), list(sim_tasks))
+        return [int(i) for i in np.flatnonzero(wanted)]
+
+    def stats_of(self, episodes: Sequence[int]) -> dict[str, FeatureStats]:
+        """State and action statistics of these episodes alone (a run that leaves some of the dataset's tasks out
+        must not normalize with theirs)."""
+        rows = np.concatenate([np.arange(*self.episode_bounds(i)) for i in episodes]) if episodes else np.zeros(0, np.int64)
+        return {key: StatsAccumulator().update(self.frames(key)[rows]).finalize() for key in (STATE, ACTION)}
+
     @property
     def has_subtasks(self) -> bool:
         """Whether frames carry subtask instructions (long-horizon demonstrations)."""

@@ -26,6 +26,10 @@ class DataConfig:
     """Seed of the episode order the fraction is taken from: subsets of one seed are nested."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
+    tasks: tuple[str, ...] = ()
+    """Train only on the episodes of these simulator tasks (empty = every episode). Normalization statistics then
+    come from those episodes alone: a run that leaves tasks out (a leave-tasks-out study fold, a fraction of the
+    pretraining tasks) never sees their data."""
     subtask_instructions: float = 0.0
     """Fraction of training windows conditioned on their subtask's instruction instead of the whole
     task's, for datasets that carry subtask labels (LIBERO); the rest keep the whole-task instruction."""

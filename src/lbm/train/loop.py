@@ -13,6 +13,7 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +23,7 @@ import torch
 from lbm.data.dataset import EpisodeDataset
 from lbm.data.mixture import Mixture
 from lbm.data.windows import WindowDataset, collate_windows
-from lbm.errors import LbmError
+from lbm.errors import LbmError, did_you_mean
 from lbm.files import writing
 from lbm.policies import ChunkPolicy, InstructionCache, build_policy, config_from_json
 from lbm.schema import Embodiment
@@ -88,6 +89,25 @@ def episode_subset(n_episodes: int, fraction: float, seed: int) -> list[int]:
     order = np.random.default_rng(seed).permutation(n_episodes)
     # 1e-9: a fraction such as 3/20 is 0.15000000000000002 * 20 in floating point, whose ceiling is 4, not 3.
     return sorted(int(i) for i in order[: max(1, math.ceil(fraction * n_episodes - 1e-9))])
+
+
+def selected_episodes(datasets: Sequence[EpisodeDataset], tasks: Sequence[str]) -> list[list[int]]:
+    """Per dataset, the episodes ``--data.tasks`` selects (all of them when it is empty); refuses a task no dataset
+    holds and a dataset left with no episode."""
+    selected = [ds.episodes_of_tasks(tasks) for ds in datasets]
+    if tasks:
+        held = {ds.episode_sim_task(i) for ds, eps in zip(datasets, selected) for i in eps}
+        missing = [t for t in tasks if t not in held]
+        if missing:
+            known = {ds.episode_sim_task(i) for ds in datasets for i in range(ds.num_episodes)}
+            raise did_you_mean(missing[0], known, "task")  # in --data.tasks, not in any of --data.roots
+        empty = [str(ds.root) for ds, eps in zip(datasets, selected) if not eps]
+        if empty:
+            raise LbmError(
+                f"--data.tasks selects no episode of {', '.join(empty)}; drop that dataset from --data.roots or add one "
+                "of its tasks."
+            )
+    return selected
 
 
 def _start_wandb(config: TrainConfig, out_dir: Path) -> Any:
@@ -208,6 +228,7 @@ def train(config: TrainConfig) -> Path:
 
     # ---- data ----------------------------------------------------------------------------------
     datasets = [EpisodeDataset(r) for r in config.data.roots]
+    selected = selected_episodes(datasets, config.data.tasks)
     init = None
     if config.mode == "finetune":
         if not config.finetune.init_from:
@@ -231,12 +252,13 @@ def train(config: TrainConfig) -> Path:
             print(f"[lbm train] finetuning keeps the checkpoint's policy config; not applied: {', '.join(ignored)}")
     embodiments: dict[str, Embodiment] = {}
     stats: dict[str, dict[str, Any]] = {}
-    for ds in datasets:
+    for ds, episodes in zip(datasets, selected):
         e = ds.embodiment
         if e.name in embodiments and embodiments[e.name] != e:
             raise LbmError(f"Two datasets call different embodiments {e.name!r}; give them distinct names.")
         embodiments[e.name] = e
-        stats.setdefault(e.name, ds.stats)  # several datasets of one body: the first one's stats
+        # Several datasets of one body: the first one's stats. A task filter: the stats of the selected episodes.
+        stats.setdefault(e.name, ds.stats_of(episodes) if config.data.tasks else ds.stats)
     if init:
         pre_embodiments = {d["name"]: Embodiment.from_json(d) for d in init["embodiments"]}
         for e in embodiments.values():
@@ -245,15 +267,15 @@ def train(config: TrainConfig) -> Path:
             pre_stats = ckpt.load_stats_of(config.finetune.init_from)
             stats.update({n: pre_stats[n] for n in embodiments if n in pre_stats})
     train_sets, val_sets = [], []
-    for ds in datasets:
-        n_val = config.data.val_episodes if ds.num_episodes > config.data.val_episodes else 0
-        split = ds.num_episodes - n_val
+    for ds, episodes in zip(datasets, selected):
+        n_val = config.data.val_episodes if len(episodes) > config.data.val_episodes else 0
+        split = len(episodes) - n_val
         H, T, cams = policy_cfg.history, policy_cfg.horizon, policy_cfg.cameras
-        subset = episode_subset(split, config.data.fraction, config.data.subset_seed)
+        subset = [episodes[i] for i in episode_subset(split, config.data.fraction, config.data.subset_seed)]
         sub = config.data.subtask_instructions
         train_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=subset, cameras=cams, subtask_instructions=sub))
         if n_val:
-            val_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=list(range(split, ds.num_episodes)), cameras=cams))
+            val_sets.append(WindowDataset(ds, history=H, horizon=T, episodes=episodes[split:], cameras=cams))
     train_data = Mixture(train_sets, weights=config.data.weights or None, balance_by_size=config.data.balance_by_size)
     val_data = Mixture(val_sets) if val_sets else None
     instructions = ckpt.load_instructions(config.finetune.init_from) if init else InstructionCache()
