@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,14 @@ def test_study_writes_report_and_records(mini_study):
         seeds = sub.groupby(["policy", "shift"])["seed"].apply(lambda s: tuple(sorted(s)))
         assert seeds.nunique() == 1
     html = result["report_html"].read_text()
-    for heading in ("Study verdicts", "Data efficiency", "Robustness gap", "per task", "<img"):
+    for heading in (
+        "Study verdicts",
+        "Findings of the careful LBM study",
+        "Data efficiency",
+        "Robustness gap",
+        "per task",
+        "<img",
+    ):
         assert heading in html
     forest = result["root"] / "report" / "forest.png"  # one interval per row of the per-task table
     assert forest.is_file() and "finetuned and zero-shot minus from-scratch" in result["report_md"].read_text()
@@ -163,6 +171,7 @@ def test_heldout_robot_study_adds_the_own_robot_arm(tmp_path):
         eval_workers=1,
         demo_workers=1,
         bootstrap_reps=100,
+        train_seeds=(0,),
     )
     result = run_study(config)
     records = pd.read_parquet(result["records"])
@@ -203,15 +212,15 @@ def test_own_robot_arm_refuses_a_study_that_would_not_compare_robots(changes, me
 
 
 def test_the_analysis_plan_is_preregistered_and_a_changed_or_tampered_plan_is_refused(tmp_path):
-    from lbm.study.preregister import PLAN_FILE, analysis_plan, check_plan, preregister
+    from lbm.study.preregister import PLAN_FILE, TrialPlan, analysis_plan, check_plan, preregister
 
     config = PROFILES["quick"]
-    plan = analysis_plan(config, trials=23, mdd=0.4)
+    plan = analysis_plan(config, TrialPlan(trials=23, h1_power=0.85, needed=23, mdd=0.4))
     digest = preregister(tmp_path, plan)
     assert check_plan(tmp_path) == digest == preregister(tmp_path, plan)  # a resumed run under the same plan
     assert plan["primary"]["id"] == "H1" and plan["alpha"] == config.alpha and plan["planned_trials_per_cell"] == 23
     with pytest.raises(LbmError, match="planned_trials_per_cell"):
-        preregister(tmp_path, analysis_plan(config, trials=30, mdd=0.4))
+        preregister(tmp_path, analysis_plan(config, TrialPlan(trials=30, h1_power=0.9, needed=23, mdd=0.4)))
     (tmp_path / PLAN_FILE).write_text((tmp_path / PLAN_FILE).read_text().replace('"alpha": 0.05', '"alpha": 0.1'))
     with pytest.raises(LbmError, match="changed after it was pre-registered"):
         check_plan(tmp_path)
@@ -312,3 +321,139 @@ def test_the_scaling_arm_pretrains_on_nested_fractions_and_reports_a_trend(tmp_p
     assert (result["root"] / "report" / "scaling.png").is_file() and "Pretraining-data scaling" in result["report_md"].read_text()
     plan = json.loads((result["root"] / "analysis_plan.json").read_text())
     assert "H7" in {h["id"] for h in plan["secondary"]}
+
+
+def test_folds_hold_every_task_out_once_and_task_subsets_are_nested():
+    from lbm.sim import resolve_tasks
+    from lbm.study.pipeline import task_folds, task_subset
+
+    tasks = resolve_tasks("mt50")
+    folds = task_folds(tasks, 10, seed=0)
+    assert sorted(t for f in folds for t in f) == sorted(tasks) and {len(f) for f in folds} == {5}
+    assert task_folds(tasks, 10, seed=0) == folds != task_folds(tasks, 10, seed=1)  # seeded
+    assert {len(f) for f in task_folds(tasks[:7], 3, seed=0)} == {2, 3}
+    quarter, half, full = (task_subset(tasks, f, seed=0) for f in (0.25, 0.5, 1.0))
+    assert set(quarter) <= set(half) <= set(full) == set(tasks) and (len(quarter), len(half)) == (13, 25)
+    assert quarter == [t for t in tasks if t in quarter]  # in the pool's order
+    assert len(task_subset(tasks[:3], 0.01, seed=0)) == 1  # never an empty body
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(folds=1), "--folds splits the 2 held-out tasks"),
+        (dict(folds=3), "must be from 2 to 2"),
+        (dict(folds=2, own_pretrain_tasks="reach-v3"), "cannot be combined"),
+        (dict(pretrain_task_fractions=(0.5,)), "--pretrain-task-fractions must be at least two"),
+        (dict(pretrain_task_fractions=(0.0, 1.0)), "--pretrain-task-fractions must be"),
+        (dict(pretrain_tasks=""), "Empty task spec"),  # only folds may leave the pretraining tasks empty
+    ],
+)
+def test_bad_fold_and_task_scaling_settings_are_refused(changes, message):
+    from lbm.study.pipeline import validate
+
+    with pytest.raises(LbmError, match=message):
+        validate(replace(MINI, **changes))
+
+
+def test_folds_pretrain_without_their_own_tasks_and_the_task_scaling_arm_reports_a_trend(tmp_path):
+    """Two folds over two held-out tasks: each task is finetuned (and evaluated zero-shot) from a pretraining that
+    never saw it but saw the other held-out task; the task-scaling arm pretrains on half of each fold's tasks."""
+    config = replace(MINI, out=str(tmp_path / "s"), pretrain_tasks="reach-v3,button-press-topdown-v3", folds=2,
+                     fractions=(1.0,), shifts=(), pretrain_task_fractions=(0.5, 1.0))  # fmt: skip
+    result = run_study(config)
+    records = pd.read_parquet(result["records"])
+    assert set(records.arm) == {"finetuned", "scratch", "pretrained", "task_scaling"}
+    assert set(records[records.arm == "task_scaling"]["pretrain_fraction"]) == {0.5}
+    cache = result["root"] / "cache"
+    pool = {"reach-v3", "button-press-topdown-v3", "drawer-open-v3", "window-close-v3"}
+    for task in ("drawer-open-v3", "window-close-v3"):
+        evaluation = json.loads(next(d for d in cache.glob("eval-*") if f'"task": "{task}"' in (d / "settings.json").read_text())
+                                .joinpath("settings.json").read_text())  # fmt: skip
+        for spec in evaluation["policies"]:
+            name, path = spec.split("=", 1)
+            if name in ("pretrained", "task-scaling-50pct"):
+                stage = json.loads((Path(path).parent / "settings.json").read_text())
+                if name != "pretrained":  # a finetuned policy: the pretraining it started from
+                    stage = json.loads((Path(stage["finetune"]["init_from"]).parent / "settings.json").read_text())
+                seen = set(stage["data"]["tasks"])
+                assert task not in seen, (name, seen)  # the fold's own task is never pretrained on
+                assert seen == pool - {task} if name == "pretrained" else (len(seen) == 2 and seen < pool - {task})
+    task_scaling = result["analysis"]["task_scaling"]
+    assert [lv["fraction"] for lv in task_scaling["levels"]] == [0.5, 1.0]
+    assert any(v.startswith("[H8, secondary] Pretraining-task scaling") for v in result["analysis"]["verdicts"])
+    assert (result["root"] / "report" / "task_scaling.png").is_file()
+    plan = json.loads((result["root"] / "analysis_plan.json").read_text())
+    assert "H8" in {h["id"] for h in plan["secondary"]} and plan["folds"] == 2
+
+
+def test_the_planner_sizes_trials_for_the_primary_comparison():
+    """H1's simulated power: about alpha under the null, rising with trials and with tasks; the planner's n reaches
+    the declared power, and a design that cannot is reported with what it has."""
+    from lbm.study.pipeline import plan_trials
+    from lbm.study.simulate import h1_power
+
+    rng = np.random.default_rng
+    null = h1_power(0.5, 0.5, tasks=4, seeds=1, trials=20, alpha=0.05, reps=400, rng=rng(1))
+    assert null <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 400)
+    few, many = (h1_power(0.4, 0.7, tasks=2, seeds=1, trials=n, alpha=0.05, rng=rng(2)) for n in (5, 30))
+    assert few < many and many > 0.7
+    assert h1_power(0.4, 0.7, tasks=5, seeds=1, trials=10, alpha=0.05, rng=rng(3)) > h1_power(
+        0.4, 0.7, tasks=1, seeds=1, trials=10, alpha=0.05, rng=rng(3)
+    )
+    seeded_null = h1_power(0.5, 0.5, tasks=3, seeds=3, trials=10, alpha=0.05, seed_sd=1.0, reps=200, rng=rng(4))
+    assert seeded_null <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)  # the seed-aware test under seed variation
+    config = replace(PROFILES["quick"], trials=0, max_trials=50, target_p1=0.4, target_p2=0.8)
+    planned = plan_trials(config, tasks=2)
+    assert planned.needed == planned.trials and planned.h1_power >= config.power
+    assert plan_trials(config, tasks=5).trials < planned.trials  # more tasks, fewer trials per cell
+    capped = plan_trials(replace(config, max_trials=3), tasks=2)
+    assert capped.needed is None and capped.trials == 3 and capped.h1_power < config.power
+
+
+def test_every_profile_validates_and_only_quick_has_one_seed():
+    from lbm.study.pipeline import validate
+
+    for name, config in PROFILES.items():
+        if name in ("heldout-robot", "libero-heldout"):
+            pytest.importorskip("libero", reason="LIBERO is an optional extra")
+        validate(config)
+        assert len(config.train_seeds) >= 3 or name == "quick", name
+
+
+def _records(rates: dict[str, float], tasks: int, trials: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Nominal records of arms at 100% of the data (pretrained: zero-shot) with these true success rates."""
+    rows = [
+        dict(
+            task=f"task{t}",
+            shift="none",
+            arm=arm,
+            data_fraction=0.0 if arm == "pretrained" else 1.0,
+            train_seed=0,
+            trial=k,
+            success=bool(rng.random() < p),
+            pretrain_fraction=1.0,
+        )  # fmt: skip
+        for t in range(tasks)
+        for arm, p in rates.items()
+        for k in range(trials)
+    ]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("rates", "h1", "h5"),
+    [
+        (dict(finetuned=0.9, scratch=0.3, pretrained=0.0), "supported", "supported"),  # a large effect, decided
+        (dict(finetuned=0.5, scratch=0.5, pretrained=0.5), "not supported", "not tested"),  # none (tight interval): gated
+        (dict(finetuned=0.3, scratch=0.9, pretrained=0.9), "contradicted", "not supported"),
+    ],
+)
+def test_each_finding_of_the_careful_study_gets_a_plain_verdict(rates, h1, h5):
+    config = replace(PROFILES["quick"], fractions=(1.0,), shifts=(), bootstrap_reps=100, target_p1=0.4, target_p2=0.8)
+    a = analyze(_records(rates, tasks=4, trials=60, rng=np.random.default_rng(5)), config, trials=60, mdd=0.2)
+    verdicts = {f["id"]: f["verdict"] for f in a["findings"]}
+    assert verdicts["H1"] == h1 and verdicts["H5"] == h5
+    assert verdicts["H3"] == "not measured (one data fraction)"
+    for f in a["findings"]:
+        assert f["lo"] <= f["value"] <= f["hi"] and f["finding"] and f["test"]

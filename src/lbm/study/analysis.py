@@ -61,6 +61,32 @@ def contrast(a: dict, b: dict, confidence: float = 0.95) -> dict:
     )
 
 
+SCALING_ARMS = {
+    "scaling": ("H7", "demonstrations", "Pretraining-data scaling"),
+    "task_scaling": ("H8", "tasks", "Pretraining-task scaling"),
+}
+"""The pretraining-scaling arms: their hypothesis, what their nested fractions are fractions of, their title."""
+
+
+def scaling_curve(df: pd.DataFrame, arm: str, full: float, n_seeds: int) -> dict:
+    """Nominal success of ``arm`` per pretraining fraction, with the main finetuned@100% model as the 100% point:
+    stratified Wilson intervals per level, and the stratified logistic trend in log2(fraction) (clustered by
+    training run with several seeds; lbm.stats.dose_trend)."""
+    sel = df[
+        (df["shift"] == "none")
+        & ((df["arm"] == arm) | ((df["arm"] == "finetuned") & ((df["data_fraction"] - full).abs() < 1e-9)))
+    ]
+    levels = []
+    for pf, g in sel.groupby("pretrain_fraction"):
+        per_task = {t: (int(h["success"].sum()), len(h)) for t, h in g.groupby("task")}
+        m = stats.stratified_mean(per_task)
+        levels.append(dict(fraction=float(cast(float, pf)), rate=m.value, lo=m.lo, hi=m.hi,
+                           s=int(g["success"].sum()), n=len(g)))  # fmt: skip
+    runs = list(zip(sel["task"], sel["pretrain_fraction"], sel["train_seed"])) if n_seeds > 1 else None
+    trend = stats.dose_trend(sel["pretrain_fraction"].to_numpy(float), sel["success"].to_numpy(int), list(sel["task"]), runs)
+    return dict(levels=levels, trend=asdict(trend))
+
+
 def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> dict:
     """The study's answers from its records: per-task tests, data efficiency, robustness, zero-shot."""
     rng = np.random.default_rng(config.subset_seed)
@@ -212,24 +238,14 @@ def analyze(df: pd.DataFrame, config: StudyConfig, trials: int, mdd: float) -> d
         g = df.groupby(["task", "shift", "arm", "data_fraction", "train_seed"])["success"].mean().reset_index()
         spread = g.groupby(["task", "shift", "arm", "data_fraction"])["success"].agg(["mean", "std", "min", "max"])
         out["between_seeds"] = spread.reset_index().to_dict(orient="records")
-    # Pretraining-data scaling: finetuned (100% of the task demos) from nested fractions of the pretraining
-    # demos; success against log2(pretraining data) with a stratified logistic trend and a departure test.
-    if (df["arm"] == "scaling").any():
-        sel = df[
-            (df["shift"] == "none")
-            & ((df["arm"] == "scaling") | ((df["arm"] == "finetuned") & ((df["data_fraction"] - full).abs() < 1e-9)))
-        ]
-        levels = []
-        for pf, g in sel.groupby("pretrain_fraction"):
-            per_task = {t: (int(h["success"].sum()), len(h)) for t, h in g.groupby("task")}
-            m = stats.stratified_mean(per_task)
-            levels.append(dict(fraction=float(cast(float, pf)), rate=m.value, lo=m.lo, hi=m.hi,
-                               s=int(g["success"].sum()), n=len(g)))  # fmt: skip
-        runs = list(zip(sel["task"], sel["pretrain_fraction"], sel["train_seed"])) if len(config.train_seeds) > 1 else None
-        trend = stats.dose_trend(sel["pretrain_fraction"].to_numpy(float), sel["success"].to_numpy(int), list(sel["task"]), runs)
-        out["scaling"] = dict(levels=levels, trend=asdict(trend))
+    # Pretraining scaling: finetuned (100% of the task demos) from nested fractions of the pretraining demos
+    # ('scaling') or tasks ('task_scaling'); success against log2(fraction) with a stratified logistic trend.
+    for arm in SCALING_ARMS:
+        if (df["arm"] == arm).any():
+            out[arm] = scaling_curve(df, arm, full, len(config.train_seeds))
     out["headline"] = gatekeeping(out, config)
     out["verdicts"], out["warnings"] = verdicts(out, config)
+    out["findings"] = findings(out, config)
     return out
 
 
@@ -265,8 +281,7 @@ def gatekeeping(a: dict, config: StudyConfig) -> dict:
         family.append(("H5", agg["none"]["zero_shot_vs_scratch"]))
     for r in a.get("own_robot", []):
         family += [(f"H6 {r['fraction']:g} {k}", r[k]) for k in ("cross_vs_own", "own_vs_scratch")]
-    if "scaling" in a:
-        family.append(("H7", a["scaling"]["trend"]))
+    family += [(h, a[arm]["trend"]) for arm, (h, *_) in SCALING_ARMS.items() if arm in a]
     family = [(h, d) for h, d in family if math.isfinite(d["p"])]
     tested = bool(h1 <= alpha)
     for (_, d), q in zip(family, stats.adjust_pvalues([d["p"] for _, d in family], "holm") if family else []):
@@ -405,8 +420,10 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             f"{o['diff']:+.2f} [{o['lo']:+.2f}, {o['hi']:+.2f}], CMH p = {o['p']:.3g} (Holm {o.get('p_holm', nan):.3g}): "
             f"{judge(o, 'own-robot pretraining')}."
         )
-    if "scaling" in a:
-        t, levels = a["scaling"]["trend"], a["scaling"]["levels"]
+    for arm, (h, what, title) in SCALING_ARMS.items():
+        if arm not in a:
+            continue
+        t, levels = a[arm]["trend"], a[arm]["levels"]
         curve = "; ".join(
             f"{lv['fraction']:.1%}: {lv['rate']:.2f} [{lv['lo']:.2f}, {lv['hi']:.2f}] ({lv['n']} rollouts)" for lv in levels
         )
@@ -426,12 +443,12 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
                     else ""
                 )
             )
-            said = f"success {direction} with the amount of pretraining data (gated Holm) {shape}."
+            said = f"success {direction} with the number of pretraining {what} (gated Holm) {shape}."
         else:
-            said = "no significant trend with the amount of pretraining data."
+            said = f"no significant trend with the number of pretraining {what}."
         v.append(
-            f"[H7, secondary] Pretraining-data scaling (finetuned on 100% of the task demos): {curve}. Log-odds per "
-            f"doubling {t['slope']:+.2f} [95% CI {t['lo']:+.2f}, {t['hi']:+.2f}], p = {t['p']:.3g}"
+            f"[{h}, secondary] {title} (finetuned on 100% of the task demos): {curve}. Log-odds "
+            f"per doubling {t['slope']:+.2f} [95% CI {t['lo']:+.2f}, {t['hi']:+.2f}], p = {t['p']:.3g}"
             + (" (cluster-robust by training run)" if t["clustered"] else "")
             + f": {said}"
         )
@@ -448,3 +465,80 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
             )
         )
     return v, w
+
+
+MEANINGFUL_SLOPE = 0.5
+"""A scaling slope worth seeing, in log-odds per doubling of pretraining data (50% -> 62% per doubling): an
+undecided trend whose interval excludes it is 'not supported', one whose interval holds it 'underpowered'."""
+
+
+def findings(a: dict, config: StudyConfig) -> list[dict]:
+    """Per finding of the careful LBM study (seed 001): our measurement, its interval and test, and a plain verdict.
+
+    ``supported``: its pre-registered test decided it in the careful study's direction (``contradicted``: the
+    other way); ``not supported``: not decided, and the interval excludes the declared effect (target_p2 -
+    target_p1; for the scaling slope, :data:`MEANINGFUL_SLOPE`), so an effect that large would have been seen;
+    ``underpowered``: not decided, and the interval still holds it; ``not tested``: gated out (H1 not rejected).
+    """
+    tested, alpha = a["headline"]["secondary_tested"], config.alpha
+    effect = config.target_p2 - config.target_p1
+
+    def verdict(decided: bool, value: float, lo: float, hi: float, sign: int, size: float) -> str:
+        if decided:
+            return "supported" if value * sign > 0 else "contradicted"
+        excluded = hi < size if sign > 0 else lo > -size
+        return "not supported" if excluded else "underpowered"
+
+    def secondary(d: dict) -> bool:
+        return bool(d.get("tested") and d.get("p_holm", 1.0) <= alpha)
+
+    out = []
+    agg = a["aggregate"]["none"]
+    h1 = agg.get("finetuned_vs_scratch_runs") or agg["finetuned_vs_scratch"]
+    test = "permutation test over training runs" if "finetuned_vs_scratch_runs" in agg else "CMH across tasks"
+    out.append(dict(finding="Finetuning a pretrained LBM beats single-task training (mean over new tasks, nominal)",
+                    id="H1", value=h1["diff"], lo=h1["lo"], hi=h1["hi"], test=f"{test}, p = {h1['p']:.3g}",
+                    verdict=verdict(h1["p"] <= alpha, h1["diff"], h1["lo"], h1["hi"], +1, effect)))  # fmt: skip
+
+    de = a["data_efficiency"]
+    smallest = de["per_fraction"][0]
+    if len(a["fractions"]) < 2:
+        said = "not measured (one data fraction)"
+    elif not tested:
+        said = "not tested"
+    elif de["scratch_floor"]:
+        said = "not measurable (from scratch at the floor)"
+    elif de["noninferior_fraction"] is not None and de["noninferior_fraction"] < max(a["fractions"]):
+        said = "supported"
+    else:  # non-inferior nowhere below 100%: underpowered when the smallest fraction's point estimate is within the margin
+        said = "underpowered" if smallest["diff"] > -de["margin"] else "not supported"
+    multiplier = f"{de['noninferior_multiplier']:.1f}x" if de["noninferior_multiplier"] else "none"
+    out.append(dict(finding="Pretraining needs less task data (finetuned on a fraction matches from scratch on 100%)",
+                    id="H3", value=smallest["diff"], lo=smallest["lo"], hi=smallest["hi"],
+                    test=f"non-inferiority at margin {de['margin']:.2f} (smallest fraction {smallest['fraction']:.0%} "
+                         f"shown); data multiplier {multiplier}", verdict=said))  # fmt: skip
+
+    for g in a["robustness"]:
+        out.append(dict(finding=f"The finetuned advantage grows under distribution shift ({g['shift']})", id=f"H4-{g['shift']}",
+                        value=g["gap"], lo=g["lo"], hi=g["hi"], test=f"MOVER interval, p = {g['p']:.3g} (Holm "
+                        f"{g.get('p_holm', float('nan')):.3g})", verdict=verdict(secondary(g), g["gap"], g["lo"], g["hi"],
+                        +1, effect) if tested else "not tested"))  # fmt: skip
+
+    for arm, (h, what, _) in SCALING_ARMS.items():
+        if arm not in a:
+            continue
+        t = a[arm]["trend"]
+        said = verdict(secondary(t), t["slope"], t["lo"], t["hi"], +1, MEANINGFUL_SLOPE) if tested else "not tested"
+        if said == "supported" and math.isfinite(t["p_departure"]) and t["p_departure"] <= alpha:
+            said = "supported, not smoothly (departs from log-linear)"
+        out.append(dict(finding=f"Success rises smoothly with the number of pretraining {what}", id=h, value=t["slope"],
+                        lo=t["lo"], hi=t["hi"], test=f"logistic trend in log2, log-odds per doubling, p = {t['p']:.3g}",
+                        verdict=said))  # fmt: skip
+
+    zs = agg["zero_shot_vs_scratch"]
+    if zs["tasks"]:
+        out.append(dict(finding="Without finetuning, the pretrained policy does not match single-task training on new tasks",
+                        id="H5", value=zs["diff"], lo=zs["lo"], hi=zs["hi"], test=f"CMH across tasks, p = {zs['p']:.3g}",
+                        verdict=verdict(secondary(zs), zs["diff"], zs["lo"], zs["hi"], -1, effect) if tested
+                        else "not tested"))  # fmt: skip
+    return out

@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 import lbm
@@ -33,11 +34,13 @@ from lbm.schema import ACTION, STATE
 from lbm.sim import embodiment_of, resolve_tasks
 from lbm.study.analysis import analyze
 from lbm.study.pilot import PILOT_FIRST_TRIAL, PilotChoice, choose_design
-from lbm.study.preregister import analysis_plan, check_plan, preregister
+from lbm.study.preregister import TrialPlan, analysis_plan, check_plan, preregister
 from lbm.study.profiles import StudyConfig
 from lbm.study.report import print_verdicts, write_study_report
+from lbm.study.simulate import h1_power
 from lbm.train import train
 from lbm.train.config import DataConfig, FinetuneConfig, OptimConfig, TrainConfig
+from lbm.train.loop import episode_subset
 
 STUDY_FORMAT = 3  # 3: seeded policy noise per trial and the record schema with policy_seed
 """Version of the study folder layout; a folder written by another format is refused."""
@@ -116,21 +119,40 @@ def pct(fraction: float) -> str:
     return f"{round(fraction * 100):d}pct"
 
 
-def plan_trials(config: StudyConfig) -> tuple[int, float]:
-    """Trials per cell (from the power planner unless fixed) and the minimum detectable difference."""
-    if config.trials > 0:
-        n = config.trials
-    else:
-        n = min(stats.samplesize_exact(config.target_p1, config.target_p2, config.alpha, config.power), config.max_trials)
+def plan_trials(config: StudyConfig, tasks: int) -> TrialPlan:
+    """Trials per cell: ``--trials``, or the fewest (up to --max-trials) that give the primary hypothesis its declared
+    power. H1 compares the arms over all held-out tasks and training seeds, so its power, not one cell's, sizes the
+    study (simulated with the analysis's own test, lbm.study.simulate.h1_power, common random numbers per n)."""
+
+    def power(n: int) -> float:
+        return h1_power(config.target_p1, config.target_p2, tasks=tasks, seeds=len(config.train_seeds), trials=n,
+                        alpha=config.alpha, seed_sd=config.planning_seed_sd if len(config.train_seeds) > 1 else 0.0,
+                        rng=np.random.default_rng(config.subset_seed))  # fmt: skip
+
+    lo, hi = 1, config.max_trials
+    needed: int | None = None
+    if power(hi) >= config.power:
+        while lo < hi:  # power rises with n (up to simulation noise): bisect for the smallest sufficient n
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if power(mid) >= config.power else (mid + 1, hi)
+        needed = lo
+    n = config.trials if config.trials > 0 else (needed or config.max_trials)
     mdd = stats.min_detectable_difference_exact(n, config.alpha, config.power, baseline=config.target_p1)
-    return n, mdd
+    return TrialPlan(trials=n, h1_power=power(n), needed=needed, mdd=mdd)
 
 
 def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
     """Refuse a study that cannot run: ``(pretraining tasks, held-out tasks, own-robot pretraining tasks)``."""
-    pretrain = resolve_tasks(config.pretrain_tasks)
+    pretrain = resolve_tasks(config.pretrain_tasks) if config.pretrain_tasks.strip() or not config.folds else []
     heldout = resolve_tasks(config.heldout_tasks)
     own = resolve_tasks(config.own_pretrain_tasks) if config.own_pretrain_tasks.strip() else []
+    if config.folds and not 2 <= config.folds <= len(heldout):
+        raise LbmError(
+            f"--folds splits the {len(heldout)} held-out tasks into folds held out in turn: it must be from 2 to "
+            f"{len(heldout)} (got {config.folds}); 0 runs one split."
+        )
+    if config.folds and own:
+        raise LbmError("--folds and --own-pretrain-tasks cannot be combined (the own-robot arm holds one robot out); drop one.")
     for other, flag in ((pretrain, "--pretrain-tasks"), (own, "--own-pretrain-tasks")):
         overlap = sorted(set(other) & set(heldout))
         if overlap:
@@ -138,7 +160,7 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
                 f"Held-out tasks must not be pretraining tasks, but {', '.join(overlap)} are in both {flag} and "
                 f"--heldout-tasks; the study would measure memorization. Pick disjoint task sets."
             )
-    bodies = list(dict.fromkeys(embodiment_of(t).name for t in pretrain))
+    bodies = list(dict.fromkeys(embodiment_of(t).name for t in pretraining_pool(pretrain, heldout, config)))
     if config.pretrain_weights and len(config.pretrain_weights) != len(bodies):
         raise LbmError(
             f"--pretrain-weights has {len(config.pretrain_weights)} values, but pretraining has {len(bodies)} datasets "
@@ -164,10 +186,12 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
         raise LbmError(f"--fractions must be in (0, 1], got {config.fractions}.")
     if 1.0 not in config.fractions:
         raise LbmError("--fractions must include 1.0: every comparison is anchored on from-scratch with all the data.")
-    if any(not 0 < f <= 1 for f in config.pretrain_data_fractions) or len(set(config.pretrain_data_fractions)) == 1:
-        raise LbmError(
-            f"--pretrain-data-fractions must be at least two distinct fractions in (0, 1], got {config.pretrain_data_fractions}."
-        )
+    for flag, values in (
+        ("--pretrain-data-fractions", config.pretrain_data_fractions),
+        ("--pretrain-task-fractions", config.pretrain_task_fractions),
+    ):
+        if any(not 0 < f <= 1 for f in values) or len(set(values)) == 1:
+            raise LbmError(f"{flag} must be at least two distinct fractions in (0, 1], got {values}.")
     if config.pilot_demos:
         if any(c < 1 for c in config.pilot_demos) or max(config.pilot_demos) > config.heldout_episodes_per_task:
             raise LbmError(
@@ -200,17 +224,40 @@ def validate(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
     return pretrain, heldout, own
 
 
-def constant_marks(dataset: Path, policy: PolicyConfig) -> tuple[str, ...]:
+def pretraining_pool(pretrain: list[str], heldout: list[str], config: StudyConfig) -> list[str]:
+    """Every task some pretraining run uses: the pretraining tasks, plus the held-out tasks with --folds."""
+    return pretrain + (heldout if config.folds else [])
+
+
+def task_folds(tasks: list[str], folds: int, seed: int) -> list[list[str]]:
+    """Leave-k-tasks-out: ``tasks`` in a seeded order, split into ``folds`` folds of near-equal size."""
+    order = np.random.default_rng(seed).permutation(len(tasks))
+    return [[tasks[i] for i in sorted(part)] for part in np.array_split(order, folds)]
+
+
+def task_subset(tasks: list[str], fraction: float, seed: int) -> list[str]:
+    """Nested task subsets: per robot body, the first ceil(fraction x n) of a seeded order of its tasks (at least
+    one, so every body's dataset stays in the mixture), in ``tasks``' order."""
+    bodies: dict[str, list[str]] = {}
+    for t in tasks:
+        bodies.setdefault(embodiment_of(t).name, []).append(t)
+    keep = {group[i] for group in bodies.values() for i in episode_subset(len(group), fraction, seed)}
+    return [t for t in tasks if t in keep]
+
+
+def constant_marks(dataset: Path, policy: PolicyConfig, tasks: tuple[str, ...] = ()) -> tuple[str, ...]:
     """``constant_dims`` entries for the dimensions of a dataset that are constant up to float noise.
 
-    Such dimensions (e.g. the orientation of an object that never turns: spread ~1e-7) cannot be
-    normalized, and the normalizer refuses them unless they are marked. The study marks them
-    explicitly, logs them, and records them in the stage settings and the checkpoint's config.
+    Such dimensions (e.g. the orientation of an object that never turns: spread ~1e-7; with ``tasks``, in
+    those tasks' episodes) cannot be normalized, and the normalizer refuses them unless they are marked.
+    The study marks them explicitly, logs them, and records them in the stage settings and the
+    checkpoint's config.
     """
     ds = EpisodeDataset(dataset)
+    normalized_with = ds.stats_of(ds.episodes_of_tasks(tasks)) if tasks else ds.stats  # what the run normalizes with
     marks = []
     for feature, mode in ((STATE, policy.state_norm), (ACTION, policy.action_norm)):
-        dims = near_constant_dims(ds.stats[feature], mode)
+        dims = near_constant_dims(normalized_with[feature], mode)
         if dims:
             marks.append(f"{ds.embodiment.name}/{feature}:{','.join(map(str, dims))}")
     return tuple(marks)
@@ -223,26 +270,31 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     root = config.root
     check_folder(root)
     cache = StageCache(root)
-    trials, mdd = plan_trials(config)
-    needed = stats.samplesize_exact(config.target_p1, config.target_p2, config.alpha, config.power)
-    if not config.trials and needed > config.max_trials:  # said before any compute is spent
+    planned = plan_trials(config, len(heldout_tasks))
+    trials, mdd = planned.trials, planned.mdd
+    if planned.needed is None or planned.h1_power < config.power:  # said before any compute is spent
+        need = f"{planned.needed} trials per cell" if planned.needed else f"more than --max-trials {config.max_trials}"
         log(
-            f"warning: detecting {config.target_p1:.2f} vs {config.target_p2:.2f} with power {config.power} needs "
-            f"{needed} trials per cell, but --max-trials caps it at {config.max_trials}: the study is underpowered "
-            "for its declared effect (raise --max-trials or declare a larger effect)."
+            f"warning: the primary comparison (H1, {len(heldout_tasks)} tasks x {len(config.train_seeds)} seeds) has power "
+            f"{planned.h1_power:.2f} to detect {config.target_p1:.2f} vs {config.target_p2:.2f} at {trials} trials per "
+            f"cell; power {config.power} needs {need}. The study is underpowered for its declared effect (raise "
+            "--trials / --max-trials, add tasks or seeds, or declare a larger effect)."
         )
     # Pre-registration: the analysis plan is fixed (or checked unchanged) before any stage runs; with a pilot,
     # right after it (the pilot decides the design), still before any confirmatory rollout.
-    plan_sha256 = "" if config.pilot_demos else preregister(root, analysis_plan(config, trials, mdd))
+    plan_sha256 = "" if config.pilot_demos else preregister(root, analysis_plan(config, planned))
     detectable = (
-        f"minimum detectable difference {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a success "
-        f"rate of {config.target_p1:.2f})"
+        f"one task's cell detects {mdd:.2f} (alpha {config.alpha}, power {config.power}, from a success rate of "
+        f"{config.target_p1:.2f})"
         if math.isfinite(mdd)
-        else f"no difference is detectable with power {config.power} at this n"
+        else f"one task's cell detects no difference with power {config.power}"
     )
     log(
-        f"study {config.name}: {len(pretrain_tasks)} pretraining tasks, held out: {', '.join(heldout_tasks)}; {trials} "
-        f"trials per policy, task and condition; {detectable}."
+        f"study {config.name}: {len(pretraining_pool(pretrain_tasks, heldout_tasks, config))} pretraining tasks"
+        + (f" in {config.folds} folds, each held out in turn" if config.folds else "")
+        + f", held out: {', '.join(heldout_tasks)}; {trials} "
+        f"trials per policy, task and condition; H1 power {planned.h1_power:.2f} for {config.target_p1:.2f} vs "
+        f"{config.target_p2:.2f}; {detectable}."
     )
     sizes = dict(cameras=list(config.cameras), image_size=config.image_size)
 
@@ -277,9 +329,16 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             for body, group in bodies.items()
         ]
 
-    pretrain_data = pretraining_data(pretrain_tasks, "pretraining")
+    # Leave-k-tasks-out: fold k's pretraining leaves fold k out of one pool (one dataset per body, filtered by task).
+    folds = task_folds(heldout_tasks, config.folds, config.subset_seed) if config.folds else [heldout_tasks]
+    fold_of = {t: k for k, fold in enumerate(folds) for t in fold}
+    pool = pretraining_pool(pretrain_tasks, heldout_tasks, config)
+    fold_pretrain = [[t for t in pool if fold_of.get(t) != k] for k in range(len(folds))]
+    if config.folds:
+        log("folds: " + "; ".join(f"{k + 1}: {', '.join(fold)}" for k, fold in enumerate(folds)))
+    pretrain_data = pretraining_data(pool, "pretraining")
     own_data = pretraining_data(own_tasks, "own-robot pretraining") if own_tasks else []
-    seen_bodies = {embodiment_of(t).name for t in pretrain_tasks}
+    seen_bodies = {embodiment_of(t).name for t in pool}
     task_data = {
         t: cache.stage(
             "data",
@@ -310,12 +369,21 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         return build
 
     def marked(cfg: TrainConfig, datasets: Path | list[Path], label: str) -> TrainConfig:
-        marks = tuple(m for d in (datasets if isinstance(datasets, list) else [datasets]) for m in constant_marks(d, cfg.policy))
+        roots = datasets if isinstance(datasets, list) else [datasets]
+        marks = tuple(m for d in roots for m in constant_marks(d, cfg.policy, cfg.data.tasks))
         if marks:
             log(f"[{label}] constant up to float noise, passed through unnormalized: {'; '.join(marks)}")
         return replace(cfg, policy=replace(cfg.policy, constant_dims=marks))
 
-    def pretrain(datasets: list[Path], seed: int, label: str, weights: tuple[float, ...], fraction: float = 1.0) -> Path:
+    def pretrain(
+        datasets: list[Path],
+        seed: int,
+        label: str,
+        weights: tuple[float, ...],
+        fraction: float = 1.0,
+        tasks: list[str] | None = None,
+    ) -> Path:
+        """One pretraining stage; ``tasks``: only these tasks' episodes of ``datasets`` (None: all of them)."""
         cfg = replace(
             base,
             name=f"{label.replace(' ', '-')}-s{seed}",
@@ -329,6 +397,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 val_episodes=1,
                 fraction=fraction,
                 subset_seed=config.subset_seed if fraction < 1 else DataConfig.subset_seed,  # the 100% model's hash unchanged
+                tasks=tuple(tasks or ()),
             ),
             optim=OptimConfig(lr=config.pretrain_lr, warmup_steps=min(200, config.pretrain_steps // 10)),
         )
@@ -352,18 +421,52 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                            f"demonstrations for {t} ({pilot.anchor}, the pilot's anchor)") / "dataset"
             for t in heldout_tasks
         }  # fmt: skip
-        trials, mdd = plan_trials(config)
-        plan = dict(analysis_plan(config, trials, mdd), pilot=pilot.summary())
+        planned = plan_trials(config, len(heldout_tasks))
+        trials, mdd = planned.trials, planned.mdd
+        plan = dict(analysis_plan(config, planned), pilot=pilot.summary())
         plan_sha256 = preregister(root, plan)
-        log(f"design after the pilot: demo counts {', '.join(map(str, pilot.counts))}; {trials} trials per cell.")
+        log(
+            f"design after the pilot: demo counts {', '.join(map(str, pilot.counts))}; {trials} trials per cell (H1 power "
+            f"{planned.h1_power:.2f} for {config.target_p1:.2f} vs {config.target_p2:.2f})."
+        )
 
-    pretrained = {seed: pretrain(pretrain_data, seed, "pretrain", config.pretrain_weights) for seed in config.train_seeds}
-    own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
-    scaled = {  # pretraining on nested fractions of the pretraining demos (the 100% model is the main one)
-        (f, seed): pretrain(pretrain_data, seed, f"pretrain {pct(f)} of the data", config.pretrain_weights, f)
-        for f in config.pretrain_data_fractions
-        if f < 1
+    def fold_label(k: int) -> str:
+        return f" fold {k + 1}/{len(folds)}" if config.folds else ""
+
+    def fold_filter(k: int) -> list[str] | None:  # no filter without folds: the stage hashes of a one-split study
+        return fold_pretrain[k] if config.folds else None
+
+    weights = config.pretrain_weights
+    ks = range(len(folds))
+    pretrained = {
+        (k, seed): pretrain(pretrain_data, seed, "pretrain" + fold_label(k), weights, tasks=fold_filter(k))
+        for k in ks
         for seed in config.train_seeds
+    }
+    own_pretrained = {seed: pretrain(own_data, seed, "own-robot pretrain", ()) for seed in config.train_seeds if own_data}
+    scaled = {  # the scaling arms: pretraining on nested fractions of the demos, or of the tasks (100%: the main model)
+        "scaling": {
+            (k, f, seed): pretrain(
+                pretrain_data, seed, f"pretrain{fold_label(k)} {pct(f)} of the data", weights, f, fold_filter(k)
+            )  # fmt: skip
+            for f in config.pretrain_data_fractions
+            if f < 1
+            for k in ks
+            for seed in config.train_seeds
+        },
+        "task_scaling": {
+            (k, f, seed): pretrain(
+                pretrain_data,
+                seed,
+                f"pretrain{fold_label(k)} {pct(f)} of the tasks",
+                weights,
+                tasks=task_subset(fold_pretrain[k], f, config.subset_seed),
+            )  # fmt: skip
+            for f in config.pretrain_task_fractions
+            if f < 1
+            for k in ks
+            for seed in config.train_seeds
+        },
     }
 
     # 3. finetuning and from-scratch runs on nested subsets of each held-out task's demos
@@ -379,7 +482,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     base,
                     mode="finetune",
                     data=data,
-                    finetune=FinetuneConfig(init_from=str(pretrained[seed]), variant=config.finetune_variant),
+                    finetune=FinetuneConfig(init_from=str(pretrained[(fold_of[task], seed)]), variant=config.finetune_variant),
                     optim=OptimConfig(lr=config.finetune_lr, warmup_steps=warmup),
                 )
                 if embodiment_of(task).name not in seen_bodies:  # a robot pretraining never saw: mark its constant dims
@@ -407,22 +510,26 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     )
                     checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed,
                                                    pretrain_fraction=1.0 if arm != "scratch" else 0.0)  # fmt: skip
-                if fraction == max(config.fractions):  # the scaling arm: the 100% finetuning from each smaller pretraining
-                    for pf in sorted(f for f, s in scaled if s == seed):
+                if fraction < max(config.fractions):
+                    continue
+                for arm, models in scaled.items():  # the scaling arms: the 100% finetuning from each smaller pretraining
+                    what = "data" if arm == "scaling" else "tasks"
+                    for pf in sorted(f for k, f, s in models if k == fold_of[task] and s == seed):
+                        prefix = arm.replace("_", "-")
                         cfg = replace(
-                            finetuned, name=f"{task}-scaling-{pct(pf)}-s{seed}", seed=seed, steps=config.task_steps,
-                            finetune=replace(finetuned.finetune, init_from=str(scaled[(pf, seed)])),
+                            finetuned, name=f"{task}-{prefix}-{pct(pf)}-s{seed}", seed=seed, steps=config.task_steps,
+                            finetune=replace(finetuned.finetune, init_from=str(models[(fold_of[task], pf, seed)])),
                         )  # fmt: skip
-                        label = f"finetuned {task} from {pct(pf)} of the pretraining data (seed {seed})"
+                        label = f"finetuned {task} from {pct(pf)} of the pretraining {what} (seed {seed})"
                         path = cache.stage("train", train_settings(cfg), trainer(cfg), label) / "checkpoint"
-                        name = f"scaling-{pct(pf)}" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
-                        checkpoints[task][name] = dict(path=path, arm="scaling", data_fraction=fraction, train_seed=seed,
+                        name = f"{prefix}-{pct(pf)}" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
+                        checkpoints[task][name] = dict(path=path, arm=arm, data_fraction=fraction, train_seed=seed,
                                                        pretrain_fraction=pf)  # fmt: skip
         if config.zero_shot:
             for seed in config.train_seeds:
                 name = "pretrained" + (f"-s{seed}" if len(config.train_seeds) > 1 else "")
-                checkpoints[task][name] = dict(path=pretrained[seed], arm="pretrained", data_fraction=0.0, train_seed=seed,
-                                               pretrain_fraction=1.0)  # fmt: skip
+                checkpoints[task][name] = dict(path=pretrained[(fold_of[task], seed)], arm="pretrained", data_fraction=0.0,
+                                               train_seed=seed, pretrain_fraction=1.0)  # fmt: skip
 
     # 4. blind, paired evaluation per held-out task (each task has its own finetuned policies)
     frames = []
@@ -533,6 +640,8 @@ def train_settings(cfg: TrainConfig) -> dict:
     for key in ("out_dir", "resume", "overwrite", "threads", "tensorboard", "log_every", "name"):
         settings.pop(key, None)
     settings["data"] = dict(settings["data"], num_workers=None)
+    if not settings["data"]["tasks"]:  # no task filter: the hash of a stage from before the filter existed
+        del settings["data"]["tasks"]
     return settings
 
 
@@ -550,8 +659,6 @@ def annotated_records(folder: Path, policies: dict[str, dict]) -> pd.DataFrame:
 
 def json_default(x: Any) -> Any:
     """JSON encoding of numpy scalars and arrays, NaN as null, paths as text."""
-    import numpy as np
-
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.floating):

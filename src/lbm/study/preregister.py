@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,23 @@ RECORD_FILE = "preregistration.json"
 PLAN_FORMAT = 1
 
 
-def analysis_plan(config: StudyConfig, trials: int, mdd: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrialPlan:
+    """How many rollouts each cell gets, and what that buys."""
+
+    trials: int
+    """Trials per policy, task and condition."""
+    h1_power: float
+    """Simulated power of the primary test (H1) for target_p1 vs target_p2 on every held-out task, at ``trials``."""
+    needed: int | None
+    """The fewest trials giving H1 the declared power (None: more than --max-trials; equal to ``trials`` unless fixed)."""
+    mdd: float
+    """Minimum detectable difference of one task's cell at ``trials`` (NaN: none)."""
+
+
+def analysis_plan(config: StudyConfig, planned: TrialPlan) -> dict[str, Any]:
     """The analysis plan a study's settings imply (everything that decides a verdict, nothing operational)."""
+    mdd = planned.mdd
     seeds = len(config.train_seeds)
     aggregate_test = (
         "stratified permutation test over training runs (lbm.stats.compare_runs), two-stage bootstrap interval"
@@ -70,6 +86,17 @@ def analysis_plan(config: StudyConfig, trials: int, mdd: float) -> dict[str, Any
         *(
             [
                 dict(
+                    id="H8",
+                    claim="finetuned success rises with the number of pretraining tasks (nested fractions)",
+                    test="stratified logistic trend in log2(tasks), Wald test; LR test of departure from log-linearity",
+                )
+            ]
+            if config.pretrain_task_fractions
+            else []
+        ),
+        *(
+            [
+                dict(
                     id="H6",
                     claim="cross-embodiment vs own-robot pretraining, and own-robot vs scratch, per fraction",
                     test="CMH across tasks, Holm over the family",
@@ -87,15 +114,25 @@ def analysis_plan(config: StudyConfig, trials: int, mdd: float) -> dict[str, Any
         alpha=config.alpha,
         correction="Holm within the per-task family (H2) and within the own-robot family",
         noninferiority_margin=config.noninferiority_margin,
-        planned_trials_per_cell=trials,
+        planned_trials_per_cell=planned.trials,
         minimum_detectable_difference=None if mdd != mdd else round(mdd, 4),  # NaN: none at this n
         power=config.power,
+        primary_power=dict(
+            power=round(planned.h1_power, 3),
+            effect=[config.target_p1, config.target_p2],
+            trials_needed=planned.needed,
+            planning_seed_sd=config.planning_seed_sd if len(config.train_seeds) > 1 else 0.0,
+            method="Monte Carlo (200 simulated studies) with the analysis's own H1 test",
+        ),
         training_seeds=list(config.train_seeds),
         heldout_tasks=config.heldout_tasks,
         pretrain_tasks=config.pretrain_tasks,
         fractions=list(config.fractions),
         pretrain_data_fractions=list(config.pretrain_data_fractions),
         shifts=list(config.shifts),
+        # Settings added later are in the plan only when used, so the plans of earlier studies stay valid.
+        **({"pretrain_task_fractions": list(config.pretrain_task_fractions)} if config.pretrain_task_fractions else {}),
+        **({"folds": config.folds, "fold_seed": config.subset_seed} if config.folds else {}),
         exploratory="everything else the report shows (same-data contrasts per fraction, the bootstrap of the "
         "fraction that first reaches scratch at 100%, between-seed spread) is exploratory",
     )

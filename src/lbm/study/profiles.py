@@ -71,11 +71,25 @@ class StudyConfig:
     """Data efficiency: finetuned counts as matching from-scratch@100% when the 95% lower bound of
     their difference in mean success is above minus this margin (a non-inferiority test)."""
     power: float = 0.8
-    """Planner: power to detect target_p1 vs target_p2."""
+    """Planner: power of the primary comparison (H1, over all held-out tasks and seeds) to detect target_p1 vs
+    target_p2 on every task; --trials 0 picks the fewest trials per cell that reach it."""
+    planning_seed_sd: float = 0.3
+    """Planner, with several training seeds: the between-seed spread of a run's success assumed on the logit
+    scale (0.3: at 50% success, a run's rate varies by about +-7.5 points)."""
     pretrain_data_fractions: tuple[float, ...] = ()
     """Pretraining-data scaling (e.g. 0.125 0.25 0.5 1.0): one pretraining run on each nested fraction of every
     pretraining dataset's demos, each finetuned on 100% of every held-out task's demos (arm 'scaling'); the report
     fits success against log2(pretraining data). Empty: no scaling arm."""
+    pretrain_task_fractions: tuple[float, ...] = ()
+    """Pretraining-task scaling (e.g. 0.25 0.5 1.0): one pretraining run on each nested fraction of the pretraining
+    tasks (per robot body, at least one task each; a seeded order, so a larger fraction only adds tasks), each
+    finetuned on 100% of every held-out task's demos (arm 'task_scaling'); the report fits success against
+    log2(pretraining tasks). Empty: no such arm."""
+    folds: int = 0
+    """Leave-k-tasks-out: split --heldout-tasks into this many folds (a seeded order); each fold is held out in turn
+    while pretraining runs on --pretrain-tasks plus the other folds' tasks, so every task is held out once and the
+    aggregate tests gain tasks (e.g. --heldout-tasks mt50 --folds 10: ten pretraining runs on 45 tasks each).
+    0: one split, pretraining on --pretrain-tasks alone."""
     pilot_demos: tuple[int, ...] = ()
     """Candidate demo counts per held-out task for a pilot (e.g. 1 2 5 10 20): from-scratch success at each,
     on trial seeds disjoint from the confirmatory ones, picks the study's 100% (and so its fractions) and the
@@ -124,21 +138,86 @@ PROFILES: dict[str, StudyConfig] = {
         target_p1=0.4,
         target_p2=0.8,
     ),
-    # All five held-out tasks and all fractions: CPU hours.
+    # The sensitive design at this machine's scale: all five ML45 held-out tasks, three training seeds (the
+    # headline treats the training run as the unit), a pilot that picks the demo counts where from-scratch sits
+    # inside the band, one shift, trials planned for H1 (0.5 vs 0.7 over 5 tasks x 3 seeds: about 10 per cell).
+    # Sized from measured stage times on the 2-core CPU (a 2500-step pretraining ~7.5 min, a 250-step task run
+    # ~45 s, a rollout ~1.5 s) to about 2.5 hours, not yet run end to end; zero-shot is left out (quick measures it).
     "standard": StudyConfig(
         name="standard",
-        pretrain_episodes_per_task=50,
-        heldout_episodes_per_task=50,
-        pretrain_steps=20000,
-        task_steps=3000,
-        shifts=("object_pose:medium", "obs_noise:medium", "friction:high+mass:high"),
-        max_trials=100,
+        heldout_tasks="ml45-test",
+        pretrain_episodes_per_task=12,
+        heldout_episodes_per_task=20,
+        pilot_demos=(2, 5, 20),
+        pilot_trials=10,
+        fractions=(0.25, 1.0),
+        pretrain_steps=2500,
+        task_steps=250,
+        train_seeds=(0, 1, 2),
+        shifts=("object_pose:medium",),
+        zero_shot=False,
+        trials=0,
+        max_trials=12,
         target_p1=0.5,
         target_p2=0.7,
     ),
+    # Pretraining-data scaling (the careful study's fourth finding): nested fractions of the pretraining demos
+    # and, separately, of the pretraining tasks, each finetuned on the same held-out demos. CPU hours.
+    "scaling": StudyConfig(
+        name="scaling",
+        heldout_tasks="door-unlock-v3,hand-insert-v3",
+        pretrain_episodes_per_task=12,
+        heldout_episodes_per_task=20,
+        fractions=(1.0,),
+        pretrain_data_fractions=(0.125, 0.25, 0.5, 1.0),
+        pretrain_task_fractions=(0.25, 0.5, 1.0),
+        pretrain_steps=2500,
+        task_steps=400,
+        train_seeds=(0, 1, 2),
+        shifts=(),
+        zero_shot=False,
+        trials=10,
+    ),
+    # Leave-5-tasks-out over MT50: ten folds, each pretrained on the other 45 tasks, so all 50 tasks are held
+    # out once (the aggregate tests gain most from more tasks). Thirty pretraining runs: sized for a GPU machine.
+    "mt50-folds": StudyConfig(
+        name="mt50-folds",
+        pretrain_tasks="",
+        heldout_tasks="mt50",
+        folds=10,
+        pretrain_episodes_per_task=20,
+        heldout_episodes_per_task=10,
+        fractions=(0.2, 1.0),
+        pretrain_steps=10000,
+        task_steps=600,
+        train_seeds=(0, 1, 2),
+        shifts=("object_pose:medium",),
+        trials=10,
+        eval_workers=8,
+        demo_workers=8,
+    ),
+    # LIBERO: pretraining on LIBERO-Spatial and LIBERO-Object (17 tasks, their own scenes), LIBERO-Goal's six
+    # tasks held out (one scene, new goals). LIBERO's simulator is slow on a CPU: hours; meant for a GPU machine.
+    "libero-heldout": StudyConfig(
+        name="libero-heldout",
+        pretrain_tasks="libero-spatial,libero-object",
+        heldout_tasks="libero-goal",
+        pretrain_episodes_per_task=20,
+        heldout_episodes_per_task=20,
+        pilot_demos=(2, 5, 10, 20),
+        fractions=(0.25, 1.0),
+        pretrain_steps=10000,
+        task_steps=600,
+        train_seeds=(0, 1, 2),
+        shifts=("object_pose:medium",),
+        trials=10,
+        eval_workers=8,
+        demo_workers=8,
+    ),
     # A robot pretraining never saw (Kinova3): cross-embodiment pretraining on four other bodies
     # (Meta-World Sawyer, LIBERO's Panda, robosuite's Panda, UR5e and IIWA) vs the Kinova3's own other
-    # task vs from scratch, all finetuned on the same few Kinova3 demos. About 40 min on a 2-core CPU.
+    # task vs from scratch, all finetuned on the same few Kinova3 demos. Four seeds: about 3 hours on a 2-core CPU
+    # (one seed: 43 min, measured 2026-12-01).
     "heldout-robot": StudyConfig(
         name="heldout-robot",
         pretrain_tasks="mt10,libero-goal,robosuite@panda,robosuite@ur5e,robosuite@iiwa",
@@ -153,6 +232,9 @@ PROFILES: dict[str, StudyConfig] = {
         task_steps=400,
         shifts=(),
         zero_shot=False,
+        # One held-out task: with k runs per arm the seed-aware test's smallest p is 2 / C(2k, k), 0.1 at three
+        # seeds, so four (0.029) are the fewest that can decide H1 at alpha 0.05.
+        train_seeds=(0, 1, 2, 3),
         trials=0,
         max_trials=25,
         target_p1=0.4,

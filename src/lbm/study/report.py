@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from lbm.eval.report import palette, pyplot, write_report
+from lbm.study.analysis import SCALING_ARMS
 from lbm.study.profiles import StudyConfig
 
 
@@ -30,6 +31,12 @@ def print_verdicts(analysis: dict) -> None:
     for w in analysis["warnings"]:
         table.add_row("!", f"[yellow]{w}[/yellow]")
     console.print(table)
+    findings = Table(title="the careful LBM study's findings, measured here", show_lines=True)
+    for column in ("finding", "ours [95% CI]", "verdict"):
+        findings.add_column(column)
+    for f in analysis.get("findings", []):
+        findings.add_row(f"[{f['id']}] {f['finding']}", f"{f['value']:+.2f} [{f['lo']:+.2f}, {f['hi']:+.2f}]", f["verdict"])
+    console.print(findings)
 
 
 def plot_forest(per_task: list[dict], path: Path) -> Path | None:
@@ -55,8 +62,10 @@ def plot_forest(per_task: list[dict], path: Path) -> Path | None:
     return path
 
 
-def plot_scaling(scaling: dict | None, path: Path) -> Path | None:
-    """Finetuned success against the fraction of pretraining data (log2 axis), stratified Wilson intervals."""
+def plot_scaling(
+    scaling: dict | None, path: Path, what: str = "demonstrations", title: str = "Pretraining-data scaling"
+) -> Path | None:
+    """Finetuned success against the fraction of pretraining ``what`` (log2 axis), stratified Wilson intervals."""
     if not scaling or not scaling.get("levels"):
         return None
     plt = pyplot()
@@ -68,8 +77,8 @@ def plot_scaling(scaling: dict | None, path: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [f"{f:.1%}" for f in x])
     t = scaling["trend"]
-    ax.set_title(f"Pretraining-data scaling: slope {t['slope']:+.2f} log-odds per doubling, p = {t['p']:.2g}", fontsize=9)
-    ax.set_xlabel("fraction of the pretraining demonstrations")
+    ax.set_title(f"{title}: slope {t['slope']:+.2f} log-odds per doubling, p = {t['p']:.2g}", fontsize=9)
+    ax.set_xlabel(f"fraction of the pretraining {what}")
     ax.set_ylabel("finetuned success (mean over tasks)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -90,20 +99,26 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
     )
     sections = [
         ("Study verdicts", ["#", "verdict"], [[str(i), v] for i, v in enumerate(analysis["verdicts"], 1)]),
+        (
+            "Findings of the careful LBM study, measured here",
+            ["finding", "hypothesis", "our measurement [95% CI]", "test", "verdict"],
+            [
+                [f["finding"], f["id"], f"{f['value']:+.2f} [{f['lo']:+.2f}, {f['hi']:+.2f}]", f["test"], f["verdict"]]
+                for f in analysis["findings"]
+            ],
+        ),
         ("Pre-registration", ["plan"], [[plan_note]]),
         *(
-            [
-                (
-                    "Pretraining-data scaling (finetuned on 100% of the task demos, nominal)",
-                    ["pretraining data", "success (mean over tasks) [95% CI]", "rollouts"],
-                    [
-                        [f"{lv['fraction']:.1%}", f"{lv['rate']:.2f} [{lv['lo']:.2f}, {lv['hi']:.2f}]", str(lv["n"])]
-                        for lv in analysis["scaling"]["levels"]
-                    ],
-                )
-            ]
-            if analysis.get("scaling")
-            else []
+            (
+                f"{title} (finetuned on 100% of the task demos, nominal)",
+                [f"pretraining {what}", "success (mean over tasks) [95% CI]", "rollouts"],
+                [
+                    [f"{lv['fraction']:.1%}", f"{lv['rate']:.2f} [{lv['lo']:.2f}, {lv['hi']:.2f}]", str(lv["n"])]
+                    for lv in analysis[arm]["levels"]
+                ],
+            )
+            for arm, (_, what, title) in SCALING_ARMS.items()
+            if analysis.get(arm)
         ),
         *(
             [("Pilot (its rollouts are not in the analysis)", ["what the pilot chose and why"], [[analysis["pilot"]["reason"]]])]
@@ -202,7 +217,10 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
         (caption, path)
         for caption, path in (
             ("Per task: finetuned and zero-shot minus from-scratch", plot_forest(analysis["per_task"], out / "forest.png")),
-            ("Pretraining-data scaling", plot_scaling(analysis.get("scaling"), out / "scaling.png")),
+            *(
+                (title, plot_scaling(analysis.get(arm), out / f"{arm}.png", what, title))
+                for arm, (_, what, title) in SCALING_ARMS.items()
+            ),
         )
         if path is not None
     ]
