@@ -114,9 +114,14 @@ def lerobot_env_vars(work: Path) -> dict[str, str]:
     return {**lerobot_env.offline_env(work / "lerobot-home"), "PYTHONPATH": str(ROOT / "client" / "src")}
 
 
+REUSED: list[str] = []
+"""Steps this invocation took from an earlier one's cache (the report says so beside its wall time)."""
+
+
 def cached(path: Path, make) -> dict:
     """The JSON at ``path``, made by ``make()`` only when it is not there yet (a rerun resumes)."""
     if path.is_file():
+        REUSED.append(path.stem)
         return json.loads(path.read_text())
     result = make()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,8 +392,9 @@ def markdown(results: dict) -> str:
     lines = [
         f"# lbm vs LeRobot {results['lerobot_version']} (`benchmarks/peers/run.py{' --quick' if results['quick'] else ''}`)",
         "",
-        f"{results['date']}, {results['machine']}; {results['wall_min']:.0f} min end to end. Every rate is successes/trials "
-        "with a 95% Wilson interval; letters: policies sharing a letter are not separated (Boschloo, Holm within the cell); "
+        f"{results['date']}, {results['machine']}; {results['wall_min']:.0f} min end to end{results.get('reused', '')}. "
+        "Every rate is successes/trials with a 95% Wilson interval; letters: policies sharing a letter are not separated "
+        "(Boschloo, Holm within the cell); "
         "aggregate: stratified mean over tasks with the CMH test.",
         "",
     ]
@@ -492,6 +498,12 @@ def main() -> int:
         "settings": [run_setting(s, work, python, minutes, args.shift) for s in settings],
     }
     results["wall_min"] = (time.time() - t0) / 60
+    results["reused"] = (
+        f" (this invocation; {len(REUSED)} finished steps were reused from an earlier one: latency, parameters and the "
+        "tables are recomputed, training and evaluation were not)"
+        if REUSED
+        else ""
+    )
     name = "peers_quick" if args.quick else "peers"
     (HERE.parent / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
     (HERE.parent / "results" / f"{name}.md").write_text(markdown(results))

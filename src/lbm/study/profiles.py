@@ -122,7 +122,7 @@ class StudyConfig:
 
 
 PROFILES: dict[str, StudyConfig] = {
-    # The default of `make quickstart`: about 15 minutes on an idle 2-core CPU, data included. Its held-out tasks
+    # The default of `make quickstart`: 19.3 min of study on an idle 2-core CPU (2026-12-02), data included. Its held-out tasks
     # and demo counts keep from scratch off the ceiling: door-unlock succeeded 23/23 from scratch with 5 demos
     # (2026-11-28), while with 10 demos door-lock reached 3/10 and hand-insert about half (pilot, 2026-12-02).
     "quick": StudyConfig(
