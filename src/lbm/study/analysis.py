@@ -298,6 +298,11 @@ def gatekeeping(a: dict, config: StudyConfig) -> dict:
                 claims=(["H1"] if tested else []) + claims)  # fmt: skip
 
 
+def rejected_in_family(d: dict, alpha: float) -> bool:
+    """Whether a secondary hypothesis was tested and rejected in the gated Holm family (see gatekeeping())."""
+    return bool(d.get("tested") and d.get("p_holm", 1.0) <= alpha)
+
+
 def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     """Plain sentences that state only what the tests and intervals support."""
     v, w = [], []
@@ -305,8 +310,8 @@ def verdicts(a: dict, config: StudyConfig) -> tuple[list[str], list[str]]:
     tested = a["headline"]["secondary_tested"]
     gated = "not tested: H1 was not rejected (serial gatekeeping)."
 
-    def decided(d: dict) -> bool:  # a secondary hypothesis rejected in the gated Holm family
-        return bool(tested and d.get("tested") and d.get("p_holm", 1.0) <= config.alpha)
+    def decided(d: dict) -> bool:
+        return tested and rejected_in_family(d, config.alpha)
 
     for shift in a["conditions"]:
         label = "nominal conditions" if shift == "none" else f"shift {shift}"
@@ -489,9 +494,6 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
         excluded = hi < size if sign > 0 else lo > -size
         return "not supported" if excluded else "underpowered"
 
-    def secondary(d: dict) -> bool:
-        return bool(d.get("tested") and d.get("p_holm", 1.0) <= alpha)
-
     out = []
     agg = a["aggregate"]["none"]
     h1 = agg.get("finetuned_vs_scratch_runs") or agg["finetuned_vs_scratch"]
@@ -521,14 +523,17 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
     for g in a["robustness"]:
         out.append(dict(finding=f"The finetuned advantage grows under distribution shift ({g['shift']})", id=f"H4-{g['shift']}",
                         value=g["gap"], lo=g["lo"], hi=g["hi"], test=f"MOVER interval, p = {g['p']:.3g} (Holm "
-                        f"{g.get('p_holm', float('nan')):.3g})", verdict=verdict(secondary(g), g["gap"], g["lo"], g["hi"],
-                        +1, effect) if tested else "not tested"))  # fmt: skip
+                        f"{g.get('p_holm', float('nan')):.3g})",
+                        verdict=verdict(rejected_in_family(g, alpha), g["gap"], g["lo"], g["hi"], +1, effect) if tested
+                        else "not tested"))  # fmt: skip
 
     for arm, (h, what, _) in SCALING_ARMS.items():
         if arm not in a:
             continue
         t = a[arm]["trend"]
-        said = verdict(secondary(t), t["slope"], t["lo"], t["hi"], +1, MEANINGFUL_SLOPE) if tested else "not tested"
+        said = (
+            verdict(rejected_in_family(t, alpha), t["slope"], t["lo"], t["hi"], +1, MEANINGFUL_SLOPE) if tested else "not tested"
+        )
         if said == "supported" and math.isfinite(t["p_departure"]) and t["p_departure"] <= alpha:
             said = "supported, not smoothly (departs from log-linear)"
         out.append(dict(finding=f"Success rises smoothly with the number of pretraining {what}", id=h, value=t["slope"],
@@ -539,6 +544,6 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
     if zs["tasks"]:
         out.append(dict(finding="Without finetuning, the pretrained policy does not match single-task training on new tasks",
                         id="H5", value=zs["diff"], lo=zs["lo"], hi=zs["hi"], test=f"CMH across tasks, p = {zs['p']:.3g}",
-                        verdict=verdict(secondary(zs), zs["diff"], zs["lo"], zs["hi"], -1, effect) if tested
+                        verdict=verdict(rejected_in_family(zs, alpha), zs["diff"], zs["lo"], zs["hi"], -1, effect) if tested
                         else "not tested"))  # fmt: skip
     return out

@@ -8,6 +8,7 @@ complete-looking folder. This module composes lbm's pieces; it re-implements non
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -124,6 +125,7 @@ def plan_trials(config: StudyConfig, tasks: int) -> TrialPlan:
     power. H1 compares the arms over all held-out tasks and training seeds, so its power, not one cell's, sizes the
     study (simulated with the analysis's own test, lbm.study.simulate.h1_power, common random numbers per n)."""
 
+    @functools.cache  # the bisection, the cap and the final n ask for some n twice
     def power(n: int) -> float:
         return h1_power(config.target_p1, config.target_p2, tasks=tasks, seeds=len(config.train_seeds), trials=n,
                         alpha=config.alpha, seed_sd=config.planning_seed_sd if len(config.train_seeds) > 1 else 0.0,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
+from lbm import stats
 from lbm.study.profiles import StudyConfig
 
 
@@ -68,8 +69,6 @@ def h1_power(
     uses it to size ``trials`` for the aggregate comparison, which gains from every task and seed, rather
     than for one task's cell.
     """
-    from lbm import stats
-
     rng = rng if rng is not None else np.random.default_rng(0)
     hits = 0
     for _ in range(reps):
