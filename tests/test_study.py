@@ -455,5 +455,18 @@ def test_each_finding_of_the_careful_study_gets_a_plain_verdict(rates, h1, h5):
     verdicts = {f["id"]: f["verdict"] for f in a["findings"]}
     assert verdicts["H1"] == h1 and verdicts["H5"] == h5
     assert verdicts["H3"] == "not measured (one data fraction)"
+    # What this design leaves out is listed, not dropped: no shift, no pretraining-data scaling arm.
+    assert verdicts["H4"] == "not measured (no shift condition)"
+    assert verdicts["H7"] == "not measured (no pretraining-data scaling arm)"
     for f in a["findings"]:
+        if f["verdict"].startswith("not measured ("):
+            continue
         assert f["lo"] <= f["value"] <= f["hi"] and f["finding"] and f["test"]
+
+
+def test_a_finding_the_design_leaves_out_is_listed_as_not_measured():
+    config = replace(PROFILES["quick"], fractions=(1.0,), shifts=(), zero_shot=False, bootstrap_reps=100)
+    records = _records(dict(finetuned=0.8, scratch=0.4), tasks=3, trials=30, rng=np.random.default_rng(2))
+    verdicts = {f["id"]: (f["verdict"], f["value"]) for f in analyze(records, config, trials=30, mdd=0.3)["findings"]}
+    assert verdicts["H5"] == ("not measured (no zero-shot evaluation)", None)
+    assert verdicts["H4"][1] is None and verdicts["H7"][1] is None and verdicts["H1"][1] is not None

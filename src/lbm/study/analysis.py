@@ -495,6 +495,10 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
         return "not supported" if excluded else "underpowered"
 
     out = []
+
+    def unmeasured(finding: str, hypothesis: str, why: str) -> dict:  # a finding this study's design leaves out
+        return dict(finding=finding, id=hypothesis, value=None, lo=None, hi=None, test="", verdict=f"not measured ({why})")
+
     agg = a["aggregate"]["none"]
     h1 = agg.get("finetuned_vs_scratch_runs") or agg["finetuned_vs_scratch"]
     test = "permutation test over training runs" if "finetuned_vs_scratch_runs" in agg else "CMH across tasks"
@@ -527,6 +531,12 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
                         verdict=verdict(rejected_in_family(g, alpha), g["gap"], g["lo"], g["hi"], +1, effect) if tested
                         else "not tested"))  # fmt: skip
 
+    if not a["robustness"]:
+        out.append(unmeasured("The finetuned advantage grows under distribution shift", "H4", "no shift condition"))
+    if "scaling" not in a:
+        out.append(
+            unmeasured("Success rises smoothly with the amount of pretraining data", "H7", "no pretraining-data scaling arm")
+        )
     for arm, (h, what, _) in SCALING_ARMS.items():
         if arm not in a:
             continue
@@ -546,4 +556,7 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
                         id="H5", value=zs["diff"], lo=zs["lo"], hi=zs["hi"], test=f"CMH across tasks, p = {zs['p']:.3g}",
                         verdict=verdict(rejected_in_family(zs, alpha), zs["diff"], zs["lo"], zs["hi"], -1, effect) if tested
                         else "not tested"))  # fmt: skip
+    else:
+        out.append(unmeasured("Without finetuning, the pretrained policy does not match single-task training on new tasks",
+                              "H5", "no zero-shot evaluation"))  # fmt: skip
     return out

@@ -12,6 +12,13 @@ from lbm.study.analysis import SCALING_ARMS
 from lbm.study.profiles import StudyConfig
 
 
+def measurement(finding: dict) -> str:
+    """A finding's estimate and interval, or a dash where the study did not measure it."""
+    if finding["value"] is None:
+        return "-"
+    return f"{finding['value']:+.2f} [{finding['lo']:+.2f}, {finding['hi']:+.2f}]"
+
+
 def print_verdicts(analysis: dict) -> None:
     """The closing summary: the verdict table of the study."""
     from rich.console import Console
@@ -35,7 +42,7 @@ def print_verdicts(analysis: dict) -> None:
     for column in ("finding", "ours [95% CI]", "verdict"):
         findings.add_column(column)
     for f in analysis.get("findings", []):
-        findings.add_row(f"[{f['id']}] {f['finding']}", f"{f['value']:+.2f} [{f['lo']:+.2f}, {f['hi']:+.2f}]", f["verdict"])
+        findings.add_row(f"[{f['id']}] {f['finding']}", measurement(f), f["verdict"])
     console.print(findings)
 
 
@@ -102,10 +109,7 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
         (
             "Findings of the careful LBM study, measured here",
             ["finding", "hypothesis", "our measurement [95% CI]", "test", "verdict"],
-            [
-                [f["finding"], f["id"], f"{f['value']:+.2f} [{f['lo']:+.2f}, {f['hi']:+.2f}]", f["test"], f["verdict"]]
-                for f in analysis["findings"]
-            ],
+            [[f["finding"], f["id"], measurement(f), f["test"] or "-", f["verdict"]] for f in analysis["findings"]],
         ),
         ("Pre-registration", ["plan"], [[plan_note]]),
         *(
@@ -230,7 +234,7 @@ def write_study_report(root: Path, records: pd.DataFrame, analysis: dict, config
         figures_first=figures,
         alpha=config.alpha,
         title=f"lbm study: {config.name}",
-        sections=sections,
+        sections=[section for section in sections if section[2]],  # no empty table (e.g. robustness without shifts)
         notes=analysis["warnings"],
     )
     return paths[0], paths[1]
