@@ -87,7 +87,7 @@ def test_every_reported_number_is_recomputable_from_records(mini_study):
     config, result = mini_study
     records = pd.read_parquet(result["records"])
     saved = json.loads((result["root"] / "analysis.json").read_text())
-    saved.pop("wall_s"), saved.pop("stage_seconds"), saved.pop("analysis_plan_sha256")
+    saved.pop("wall_s"), saved.pop("stage_seconds"), saved.pop("compute_s"), saved.pop("analysis_plan_sha256")
     again = analyze(records, config, trials=saved["trials_per_cell"], mdd=saved["mdd"])
 
     def canonical(analysis):
@@ -304,6 +304,9 @@ def test_a_pilot_chooses_the_design_on_its_own_trial_seeds_before_the_plan_is_re
     pilot_seeds = set(pd.read_parquet(pilot_evals[0] / "records.parquet")["seed"])
     assert min(pilot_seeds) >= eval_seed("drawer-open-v3", PILOT_FIRST_TRIAL) > max(records["seed"])
     assert "Pilot" in result["report_html"].read_text()
+    # A pilot run can be a confirmatory run (same settings, one stage): the compute time counts each stage once.
+    stages = [float((d / "DONE").read_text()) for d in (result["root"] / "cache").iterdir() if (d / "DONE").exists()]
+    assert result["analysis"]["compute_s"] == pytest.approx(sum(stages), abs=0.5)
 
 
 def test_the_scaling_arm_pretrains_on_nested_fractions_and_reports_a_trend(tmp_path):

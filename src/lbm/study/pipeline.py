@@ -55,14 +55,17 @@ class StageCache:
         self.root = root / "cache"
         self.root.mkdir(parents=True, exist_ok=True)
         self.seconds: dict[str, float] = {}
-        """Compute time of every stage, when it ran (read back from its DONE file when cached)."""
+        """Compute time of every stage, when it ran (read back from its DONE file when cached), by label."""
+        self.folder_seconds: dict[str, float] = {}
+        """The same by stage folder: two labels can name one stage (a pilot's run is the confirmatory scratch run
+        with the same settings), so the study's compute time is the sum of these."""
 
     def stage(self, kind: str, settings: dict, build: Callable[[Path], None], label: str) -> Path:
         """The folder of a stage with these settings, built by ``build(work_folder)`` unless cached."""
         final = self.root / f"{kind}-{settings_hash({'kind': kind, 'format': STUDY_FORMAT, **settings})[:12]}"
         if (final / DONE).exists():
             log(f"[cached] {label}")
-            self.seconds[label] = float((final / DONE).read_text() or "nan")
+            self.seconds[label] = self.folder_seconds[final.name] = float((final / DONE).read_text() or "nan")
             return final
         work = final.with_name(final.name + ".partial")
         work.mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,7 @@ class StageCache:
                 f"Study stage '{label}' failed with {type(error).__name__}: {error}. Its partial output is kept "
                 f"in {work}; rerun the study to retry (run with --debug for the traceback)."
             ) from error
-        self.seconds[label] = round(time.perf_counter() - start, 1)
+        self.seconds[label] = self.folder_seconds[final.name] = round(time.perf_counter() - start, 1)
         (work / DONE).write_text(f"{self.seconds[label]}\n")
         if final.exists():
             shutil.rmtree(final)
@@ -562,7 +565,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     if pilot is not None:
         analysis["pilot"] = pilot.summary()
     analysis["wall_s"] = round(time.perf_counter() - start, 1)  # this invocation (stages may have been cached)
-    analysis["stage_seconds"] = cache.seconds  # when each stage ran: the study's compute time end to end
+    analysis["stage_seconds"] = cache.seconds  # when each stage ran, by label
+    analysis["compute_s"] = round(sum(cache.folder_seconds.values()), 1)  # the study's compute time end to end
     (root / "analysis.json").write_text(json.dumps(analysis, indent=2, default=json_default) + "\n")
     html, md = write_study_report(root, records, analysis, config)
     print_verdicts(analysis)

@@ -25,7 +25,7 @@ def print_verdicts(analysis: dict) -> None:
     from rich.table import Table
 
     console = Console(stderr=False)
-    compute = sum(analysis.get("stage_seconds", {}).values())
+    compute = analysis.get("compute_s", 0.0)
     table = Table(
         title=f"lbm study verdicts ({analysis['trials_per_cell']} trials per policy, task and condition; "
         f"stages {compute / 60:.1f} min, this run {analysis.get('wall_s', 0) / 60:.1f} min)",
