@@ -14,7 +14,7 @@ StudyProfile = tyro.extras.subcommand_type_from_defaults(
     PROFILES,
     descriptions={
         "quick": "the default of `make quickstart`: two held-out tasks, minutes on a 2-core CPU",
-        "standard": "all five ML45 held-out tasks, three seeds, a pilot-chosen design: about 2.5 h on a 2-core CPU",
+        "standard": "all five ML45 held-out tasks, three seeds, a pilot-chosen design: 84 min on a 2-core CPU (2026-12-02)",
         "scaling": "pretraining on nested fractions of the demos and of the tasks: success vs pretraining data",
         "mt50-folds": "leave-5-tasks-out over MT50, ten folds: every task held out once (GPU-sized)",
         "libero-heldout": "LIBERO-Goal's tasks held out of LIBERO-Spatial and -Object pretraining (GPU-sized)",

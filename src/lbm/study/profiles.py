@@ -144,7 +144,7 @@ PROFILES: dict[str, StudyConfig] = {
     # The sensitive design at this machine's scale: all five ML45 held-out tasks, three training seeds (the
     # headline treats the training run as the unit), a pilot between 2 and 5 demos (the few-shot regime, where quick
     # saw pretraining matter: 20/28 vs 4/28 at 3 demos, 21/28 vs 16/28 at 10), trials planned for H1 over 5 tasks x
-    # 3 seeds (capped at 10 per cell); shifts and zero-shot are left out (quick measures them). About 100 min.
+    # 3 seeds (capped at 10 per cell); shifts and zero-shot are left out (quick measures them). 83.5 min (2026-12-02).
     "standard": StudyConfig(
         name="standard",
         heldout_tasks="ml45-test",
