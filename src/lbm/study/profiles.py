@@ -125,7 +125,8 @@ PROFILES: dict[str, StudyConfig] = {
     # The default of `make quickstart`. Its held-out tasks and demo counts keep from scratch off the ceiling, where
     # pretraining can show: door-unlock succeeded 23/23 from scratch with 5 demos (2026-11-28); with 10 demos as 100%
     # scratch reached 16/28 and finetuned 21/28 (H1 not decided), with 3 demos 4/28 vs 20/28 (2026-12-02). So 3 demos
-    # are the 100% and 1 demo the few-shot fraction; 2000 pretraining steps keep it inside 20 min with setup.
+    # are the 100% and 1 demo the few-shot fraction, with 2000 pretraining steps: 25.5 min from a fresh clone on a slow
+    # day (2026-12-02, training at 300 samples/s; 500-620 on 2026-11-28), over the 20 min it aims for.
     "quick": StudyConfig(
         name="quick",
         pretrain_tasks="ml45-train",
