@@ -83,8 +83,10 @@ def test_bad_generate_input_is_a_clear_error(tmp_path, capsys):
 
 def test_interrupted_generation_leaves_no_complete_looking_dataset(tmp_path):
     out = tmp_path / "demos"
+    # Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt, so the child restores the default handler first.
     code = (
-        "import sys; from lbm.cli import main; "
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from lbm.cli import main; "
         f"sys.exit(main(['data','generate','--tasks','mt10','--episodes-per-task','50','--out',{str(out)!r},'--workers','1']))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
