@@ -462,7 +462,7 @@ def test_each_finding_of_the_careful_study_gets_a_plain_verdict(rates, h1, h5):
     assert verdicts["H4"] == "not measured (no shift condition)"
     assert verdicts["H7"] == "not measured (no pretraining-data scaling arm)"
     for f in a["findings"]:
-        if f["verdict"].startswith("not measured ("):
+        if f["value"] is None:  # a finding left out of the design has no measurement (H3 with one fraction still has)
             continue
         assert f["lo"] <= f["value"] <= f["hi"] and f["finding"] and f["test"]
 
