@@ -94,6 +94,22 @@ def test_subtask_instructions_read_like_language():
         subtasks(("open(wooden_cabinet_1_top_region)",), ("akita_black_bowl_1",))
 
 
+def test_look_alike_objects_are_named_by_their_side_in_subtask_instructions():
+    # Two plates: "place it on the plate" would not tell a skill policy which; LIBERO's instruction says left/right.
+    task = "libero-10/put-the-white-mug-on-the-left-plate-and-put-the-yellow-and-white-mug-on-the-right-plate"
+    with make_env(task) as two_plates:
+        two_plates.reset(seed=eval_seed(task, 0))
+        words = two_plates.words
+        left, right = (n for n, w in sorted(words.items(), key=lambda kv: kv[1]))
+        assert sorted(words.values()) == ["left plate", "right plate"] and set(words) == {"plate_1", "plate_2"}
+        assert two_plates.position(left)[1] < two_plates.position(right)[1]  # LIBERO's -y is the robot's left
+        plan = subtasks(two_plates.goal, two_plates.objects, words)
+    assert [s.instruction for s in plan] == [
+        "pick up the porcelain mug and place it on the left plate",
+        "pick up the white yellow mug and place it on the right plate",
+    ]
+
+
 # ---- one env -------------------------------------------------------------------------------
 def test_env_follows_the_contract(env):
     assert isinstance(env, SimEnv)

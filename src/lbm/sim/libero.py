@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,22 @@ class LiberoEnv(RobosuiteScene):
     def objects(self) -> tuple[str, ...]:
         """The scene's movable objects, in BDDL order (the order of the state's object slots)."""
         return self._objects
+
+    @property
+    def words(self) -> Mapping[str, str]:
+        """Two look-alike objects (``plate_1``, ``plate_2``) named by their side now, as LIBERO's instructions name
+        them ("the left plate", LIBERO's -y being the robot's left): subtask instructions then say which one."""
+        from lbm.sim.waypoints import target_words
+
+        alike: dict[str, list[str]] = {}
+        for name in self._objects:
+            alike.setdefault(target_words(name), []).append(name)
+        out = {}
+        for said, names in alike.items():
+            if len(names) == 2:
+                left, right = sorted(names, key=lambda n: float(self.position(n)[1]))
+                out |= {left: f"left {said}", right: f"right {said}"}
+        return out
 
     def body_of(self, name: str) -> int:
         return int(self._env.obj_body_id[name])
