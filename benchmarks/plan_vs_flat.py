@@ -36,6 +36,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps of the skill policy")
     ap.add_argument("--subtask-instructions", type=float, default=0.5)
     ap.add_argument("--trials", type=int, default=5, help="trials per policy and task (fixed initial states 0..N-1)")
+    ap.add_argument(
+        "--verifier-policy-episodes", type=int, default=4,
+        help="rollouts per task of the skill policy (whole goal) among the learned verifier's training data",
+    )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/tmp/lbm-plan-vs-flat", help="scratch folder (data, checkpoint, evaluation)")
     ap.add_argument("--quick", action="store_true", help="2 tasks, 4 demos, 100 steps, 2 trials")
@@ -56,7 +60,7 @@ def main() -> None:
 
     tasks = resolve_tasks(args.tasks)
     if args.quick:
-        tasks, args.episodes, args.steps, args.trials = tasks[:2], 4, 100, 2
+        tasks, args.episodes, args.steps, args.trials, args.verifier_policy_episodes = tasks[:2], 4, 100, 2, 2
     work = Path(args.work)
     start = time.perf_counter()
     data = work / "data"
@@ -76,8 +80,14 @@ def main() -> None:
     config = replace(config, policy=replace(config.policy, constant_dims=constant_marks(data, config.policy)))
     checkpoint = train(config)
     from lbm.plan import LearnedVerifier
+    from lbm.train import load_policy
 
-    verifier, verifier_metrics = LearnedVerifier.train(tasks, episodes=max(2, args.episodes // 3))
+    verifier, verifier_metrics = LearnedVerifier.train(
+        tasks,
+        episodes=max(2, args.episodes // 3),
+        policy=load_policy(checkpoint) if args.verifier_policy_episodes else None,
+        policy_episodes=args.verifier_policy_episodes,
+    )
     verifier_dir = verifier.save(work / "verifier")
     print(f"learned verifier, held-out rollout frames: {verifier_metrics}")
     trained_s = time.perf_counter() - start
@@ -132,7 +142,8 @@ def main() -> None:
     tp, fp, fn = confusion["tp"], confusion["fp"], confusion["fn"]
     lines += [
         "",
-        f"Learned verifier: on held-out labelled rollouts precision {verifier_metrics['precision']:.3f}, recall "
+        f"Learned verifier (trained on {max(2, args.episodes // 3)} expert and {args.verifier_policy_episodes} skill-policy "
+        f"rollouts per task): on held-out labelled rollouts precision {verifier_metrics['precision']:.3f}, recall "
         f"{verifier_metrics['recall']:.3f}, accuracy {verifier_metrics['accuracy']:.3f} ({verifier_metrics['frames']} frames); "
         f"during the (d) rollouts against the simulator's truth: {confusion} -> precision "
         f"{tp / (tp + fp) if tp + fp else float('nan'):.3f}, recall {tp / (tp + fn) if tp + fn else float('nan'):.3f}.",

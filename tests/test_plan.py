@@ -225,6 +225,36 @@ def test_a_skill_policy_is_conditioned_on_the_subtask_instruction():
     assert not result.success and set(policy.seen) == {"pick up the red cube and lift it"} and len(policy.seen) == 2
 
 
+def test_a_learned_verifier_also_trains_on_a_failing_policys_rollouts():
+    pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
+    from lbm.plan import LearnedVerifier
+    from lbm.policies.base import Chunk
+    from lbm.sim import get_task
+
+    class Still:  # a policy that never moves: every frame of its rollouts is a state where nothing was lifted
+        embodiments, horizon, history, execute_steps = {}, 4, 1, None
+        seen: set[str] = set()
+
+        def describe(self):
+            return {"family": "still", "cameras": []}
+
+        def reset(self, seed=None):
+            return seed
+
+        def predict_chunk(self, observations, states, request=None):
+            self.seen.add(observations[0].instruction)
+            return Chunk(np.zeros((1, 4, 7), np.float32), tuple(states))
+
+    task = "robosuite-lift@panda"
+    policy = Still()
+    verifier, metrics = LearnedVerifier.train([task], episodes=3, policy=policy, policy_episodes=3, steps=200)
+    assert policy.seen == {get_task(task).instruction}  # rolled out on the task's goal instruction
+    assert metrics["test_episodes"] == 2  # one held-out episode of each source
+    assert metrics["policy_frames"] > 50 and metrics["policy_tp"] + metrics["policy_fn"] == 0  # it never lifted
+    assert metrics["policy_tn"] + metrics["policy_fp"] == metrics["policy_frames"]
+    assert metrics["frames"] > metrics["policy_frames"]  # the expert's held-out frames are scored too
+
+
 def test_lbm_plan_prints_the_plan_and_refuses_bad_goals(capsys):
     pytest.importorskip("robosuite", reason="robosuite comes with the libero extra")
     from lbm.plan.commands import PlanConfig, plan

@@ -79,11 +79,19 @@ class PolicySkills:
         self.state: Any = None
 
     def start(self, step: Step, seed: int) -> None:
-        self.state, self.queue = self.policy.reset(seed), []  # a new subtask: history of the last one is not its context
+        self.restart(seed)  # a new subtask: history of the last one is not its context
+
+    def restart(self, seed: int) -> None:
+        """Forget the episode so far (its history and queued actions)."""
+        self.state, self.queue = self.policy.reset(seed), []
 
     def act(self, env: SymbolicScene, obs: Observation, step: Step) -> np.ndarray:
+        return self.next_action(obs, step.instruction)
+
+    def next_action(self, obs: Observation, instruction: str) -> np.ndarray:
+        """The next action toward ``instruction``: from the queued chunk, or a new chunk when it is spent."""
         if not self.queue:
-            conditioned = dataclasses.replace(obs, instruction=step.instruction)
+            conditioned = dataclasses.replace(obs, instruction=instruction)
             chunk = self.policy.predict_chunk([conditioned], [self.state], ChunkRequest())
             self.state = chunk.states[0]
             self.queue = list(np.asarray(chunk.actions)[0, : self.execute_steps])

@@ -20,6 +20,7 @@ import numpy as np
 
 from lbm.errors import LbmError
 from lbm.plan.symbolic import PlanningError
+from lbm.policies.base import Policy
 from lbm.schema import Observation
 
 FILES = ("verifier.json", "verifier.safetensors")
@@ -34,12 +35,18 @@ def _mlp(inputs: int, hidden: int, outputs: int):
     )  # fmt: skip
 
 
-def collect(tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset: int = 0) -> dict[str, Any]:
-    """Rollouts of the scripted expert on ``tasks`` with the true goal atoms of every step, continued ``after``
-    steps past success (demonstrations stop at success, so they hold almost no frame where the goal holds).
+def collect(
+    tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset: int = 0, policy: Policy | None = None
+) -> dict[str, Any]:
+    """Rollouts on ``tasks`` with the true goal atoms of every step, continued ``after`` steps past success
+    (demonstrations stop at success, so they hold almost no frame where the goal holds).
 
+    The rollouts are the scripted expert's, or ``policy``'s given each task's goal instruction: a policy
+    that fails visits states the expert never does (the hand at the target with nothing in it), and a
+    verifier that has seen none of them calls them successes.
     Returns ``states (N, D)``, ``labels``/``mask (N, K)`` over the tasks' goal atoms, ``episode (N,)`` and
     the ``atoms`` vocabulary; every task must share one embodiment (the verifier reads its states)."""
+    from lbm.plan.execute import PolicySkills
     from lbm.sim import demo_seed, embodiment_of, get_task, make_env
     from lbm.sim.base import SymbolicScene
 
@@ -57,7 +64,11 @@ def collect(tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset
                 )
             goal = get_task(t).goal
             for e in range(episodes):
-                obs = env.reset(demo_seed(t, seed_offset + e))
+                seed = demo_seed(t, seed_offset + e)
+                obs = env.reset(seed)
+                actor = PolicySkills(policy) if policy is not None else None
+                if actor is not None:
+                    actor.restart(seed)
                 left = None
                 while left is None or left > 0:
                     y, m = np.zeros(len(vocabulary), np.float32), np.zeros(len(vocabulary), np.float32)
@@ -66,8 +77,8 @@ def collect(tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset
                     xs.append(obs.state)
                     ys.append(y)
                     ms.append(m)
-                    eps.append(f"{t}#{e}")
-                    out = env.step(env.expert_action())
+                    eps.append(f"{t}#{e}" if actor is None else f"{t}#policy{e}")
+                    out = env.step(env.expert_action() if actor is None else actor.next_action(obs, obs.instruction))
                     obs = out.observation
                     if out.success and left is None:
                         left = after
@@ -79,6 +90,11 @@ def collect(tasks: Sequence[str], episodes: int, *, after: int = 30, seed_offset
         states=np.asarray(xs, np.float32), labels=np.asarray(ys), mask=np.asarray(ms), episode=np.asarray(eps),
         atoms=vocabulary, embodiment=bodies.pop(),
     )  # fmt: skip
+
+
+def _held_out(episodes: int, holdout: float) -> range:
+    """The last ``holdout`` of ``episodes`` (none when there is only one: it is scored on its training frames)."""
+    return range(max(1, round(episodes * (1 - holdout))) if episodes > 1 else episodes, episodes)
 
 
 class LearnedVerifier:
@@ -118,18 +134,28 @@ class LearnedVerifier:
         tasks: Sequence[str],
         episodes: int = 6,
         *,
+        policy: Policy | None = None,
+        policy_episodes: int = 0,
         steps: int = 1500,
         hidden: int = 128,
         holdout: float = 0.25,
         seed: int = 0,
     ) -> tuple[LearnedVerifier, dict]:
-        """Fit on :func:`collect` rollouts of ``tasks`` (the last ``holdout`` of each task's episodes held out);
-        returns the verifier and its held-out precision / recall / accuracy over every labelled check."""
+        """Fit on :func:`collect` rollouts of ``tasks``: ``episodes`` of the scripted expert per task and, with
+        ``policy``, ``policy_episodes`` of that policy (from other scenes). The last ``holdout`` of each task's
+        episodes of each source is held out; returns the verifier and its held-out precision / recall /
+        accuracy over every labelled check, in all and (``policy_*``) on the policy's frames alone."""
         import torch
 
         data = collect(tasks, episodes)
-        cut = max(1, round(episodes * (1 - holdout))) if episodes > 1 else episodes
-        held = {f"{t}#{e}" for t in tasks for e in range(cut, episodes)}
+        held = {f"{t}#{e}" for t in tasks for e in _held_out(episodes, holdout)}
+        if policy is not None and policy_episodes > 0:
+            more = collect(tasks, policy_episodes, seed_offset=episodes, policy=policy)
+            if more["atoms"] != data["atoms"]:
+                raise LbmError("The expert and policy rollouts label different atoms; this is a bug.")
+            for key in ("states", "labels", "mask", "episode"):
+                data[key] = np.concatenate([data[key], more[key]])
+            held |= {f"{t}#policy{e}" for t in tasks for e in _held_out(policy_episodes, holdout)}
         test = np.isin(data["episode"], list(held))
         x, y, m = data["states"][~test], data["labels"][~test], data["mask"][~test]
         mean, std = x.mean(0), x.std(0) + 1e-3  # near-constant dims (object orientations) stay finite
@@ -149,6 +175,10 @@ class LearnedVerifier:
         which = test if test.any() else ~test
         metrics = verifier.score(data["states"][which], data["labels"][which], data["mask"][which])
         metrics.update(train_frames=int((~test).sum()), test_episodes=len(held), atoms=len(data["atoms"]))
+        from_policy = which & np.array(["#policy" in str(e) for e in data["episode"]])
+        if from_policy.any():
+            scored = verifier.score(data["states"][from_policy], data["labels"][from_policy], data["mask"][from_policy])
+            metrics.update({f"policy_{k}": v for k, v in scored.items()})
         return verifier, metrics
 
     def score(self, states: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
