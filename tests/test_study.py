@@ -462,7 +462,7 @@ def test_each_finding_of_the_careful_study_gets_a_plain_verdict(rates, h1, h5):
     assert verdicts["H4"] == "not measured (no shift condition)"
     assert verdicts["H7"] == "not measured (no pretraining-data scaling arm)"
     for f in a["findings"]:
-        if f["value"] is None:  # a finding left out of the design has no measurement (H3 with one fraction still has)
+        if f["value"] is None:  # a finding left out of the design has no measurement
             continue
         assert f["lo"] <= f["value"] <= f["hi"] and f["finding"] and f["test"]
 
@@ -473,3 +473,4 @@ def test_a_finding_the_design_leaves_out_is_listed_as_not_measured():
     verdicts = {f["id"]: (f["verdict"], f["value"]) for f in analyze(records, config, trials=30, mdd=0.3)["findings"]}
     assert verdicts["H5"] == ("not measured (no zero-shot evaluation)", None)
     assert verdicts["H4"][1] is None and verdicts["H7"][1] is None and verdicts["H1"][1] is not None
+    assert verdicts["H3"] == ("not measured (one data fraction)", None)  # not H1's comparison shown again

@@ -508,8 +508,9 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
 
     de = a["data_efficiency"]
     smallest = de["per_fraction"][0]
-    if len(a["fractions"]) < 2:
-        said = "not measured (one data fraction)"
+    h3 = "Pretraining needs less task data (finetuned on a fraction matches from scratch on 100%)"
+    if len(a["fractions"]) < 2:  # the only fraction is 100%: its row would be H1's comparison again
+        said = ""
     elif not tested:
         said = "not tested"
     elif de["scratch_floor"]:
@@ -519,10 +520,10 @@ def findings(a: dict, config: StudyConfig) -> list[dict]:
     else:  # non-inferior nowhere below 100%: underpowered when the smallest fraction's point estimate is within the margin
         said = "underpowered" if smallest["diff"] > -de["margin"] else "not supported"
     multiplier = f"{de['noninferior_multiplier']:.1f}x" if de["noninferior_multiplier"] else "none"
-    out.append(dict(finding="Pretraining needs less task data (finetuned on a fraction matches from scratch on 100%)",
-                    id="H3", value=smallest["diff"], lo=smallest["lo"], hi=smallest["hi"],
+    out.append(dict(finding=h3, id="H3", value=smallest["diff"], lo=smallest["lo"], hi=smallest["hi"],
                     test=f"non-inferiority at margin {de['margin']:.2f} (smallest fraction {smallest['fraction']:.0%} "
-                         f"shown); data multiplier {multiplier}", verdict=said))  # fmt: skip
+                         f"shown); data multiplier {multiplier}", verdict=said)
+               if said else unmeasured(h3, "H3", "one data fraction"))  # fmt: skip
 
     for g in a["robustness"]:
         out.append(dict(finding=f"The finetuned advantage grows under distribution shift ({g['shift']})", id=f"H4-{g['shift']}",

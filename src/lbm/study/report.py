@@ -25,10 +25,11 @@ def print_verdicts(analysis: dict) -> None:
     from rich.table import Table
 
     console = Console(stderr=False)
-    compute = analysis.get("compute_s", 0.0)
+    compute = analysis.get("compute_s")  # absent from analyses written before it was recorded
+    stages = f"stages {compute / 60:.1f} min, " if compute is not None else ""
     table = Table(
         title=f"lbm study verdicts ({analysis['trials_per_cell']} trials per policy, task and condition; "
-        f"stages {compute / 60:.1f} min, this run {analysis.get('wall_s', 0) / 60:.1f} min)",
+        f"{stages}this run {analysis.get('wall_s', 0) / 60:.1f} min)",
         show_lines=True,
     )
     table.add_column("#", justify="right")
