@@ -474,3 +474,25 @@ def test_a_finding_the_design_leaves_out_is_listed_as_not_measured():
     assert verdicts["H5"] == ("not measured (no zero-shot evaluation)", None)
     assert verdicts["H4"][1] is None and verdicts["H7"][1] is None and verdicts["H1"][1] is not None
     assert verdicts["H3"] == ("not measured (one data fraction)", None)  # not H1's comparison shown again
+
+
+def test_a_moved_study_folder_keeps_its_finished_stages(tmp_path):
+    from lbm.study.pipeline import StageCache
+
+    def build(work: Path) -> None:
+        (work / "out.txt").write_text("built")
+
+    cache = StageCache(tmp_path / "a")
+    data = cache.stage("data", {"episodes": 3}, build, "demos")
+    train = cache.stage("train", {"roots": [f"{data}/dataset"], "init": f"name={data}/checkpoint"}, build, "train")
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = StageCache(tmp_path / "b")
+
+    def fail(work: Path) -> None:
+        raise AssertionError("a finished stage was rebuilt after its study folder moved")
+
+    data_b = moved.stage("data", {"episodes": 3}, fail, "demos")
+    train_b = moved.stage("train", {"roots": [f"{data_b}/dataset"], "init": f"name={data_b}/checkpoint"}, fail, "train")
+    assert (data_b.name, train_b.name) == (data.name, train.name) and (train_b / "out.txt").read_text() == "built"
+    other = moved.stage("train", {"roots": [f"{data_b}/other"], "init": f"name={data_b}/checkpoint"}, build, "train 2")
+    assert other.name != train.name  # other settings are still another stage

@@ -61,8 +61,21 @@ class StageCache:
         with the same settings), so the study's compute time is the sum of these."""
 
     def stage(self, kind: str, settings: dict, build: Callable[[Path], None], label: str) -> Path:
-        """The folder of a stage with these settings, built by ``build(work_folder)`` unless cached."""
-        final = self.root / f"{kind}-{settings_hash({'kind': kind, 'format': STUDY_FORMAT, **settings})[:12]}"
+        """The folder of a stage with these settings, built by ``build(work_folder)`` unless cached.
+
+        Paths into this cache (an earlier stage's dataset or checkpoint) enter the key relative to it, so a
+        study folder that is moved or renamed (``--out``) keeps its finished stages."""
+        inside = f"{self.root}/"
+
+        def relative(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace(inside, "@cache/")
+            if isinstance(value, dict):
+                return {k: relative(v) for k, v in value.items()}
+            return [relative(v) for v in value] if isinstance(value, list) else value
+
+        key = relative(json.loads(json.dumps({"kind": kind, "format": STUDY_FORMAT, **settings}, default=str)))
+        final = self.root / f"{kind}-{settings_hash(key)[:12]}"
         if (final / DONE).exists():
             log(f"[cached] {label}")
             self.seconds[label] = self.folder_seconds[final.name] = float((final / DONE).read_text() or "nan")

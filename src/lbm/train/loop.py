@@ -324,8 +324,8 @@ def train(config: TrainConfig) -> Path:
             f"{ckpt_dir} holds no trainer state (it was saved for inference only), so it cannot be resumed. "
             "Finetune from it with --mode finetune --finetune.init-from, or train again without --resume."
         )
-    if config.resume and not ckpt.is_complete(ckpt_dir) and main:
-        print(f"[lbm train] --resume: {ckpt_dir} holds no checkpoint yet; starting at step 0.")
+    if config.resume and ckpt_dir.exists() and not ckpt.is_complete(ckpt_dir) and main:  # a new folder is no news
+        print(f"[lbm train] --resume: {ckpt_dir} holds no complete checkpoint; starting at step 0.")
     if config.resume and ckpt.is_complete(ckpt_dir):
         state = ckpt.read_trainer_state(ckpt_dir)
         saved = ckpt.read_checkpoint_config(ckpt_dir)
