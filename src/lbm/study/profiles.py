@@ -126,8 +126,8 @@ PROFILES: dict[str, StudyConfig] = {
     # pretraining can show: door-unlock succeeded 23/23 from scratch with 5 demos (2026-11-28); with 10 demos as 100%
     # scratch reached 16/28 and finetuned 21/28 (H1 not decided), with 3 demos 4/28 vs 20/28 (2026-12-02). So 3 demos
     # are the 100% and 1 demo the few-shot fraction. With 2000 pretraining and 400 task steps it took 25.5 min from a
-    # fresh clone on a slow day (2026-12-02, training at 300 samples/s; 500-620 on 2026-11-28) and decided H1; 1500 and
-    # 250 steps (standard's task budget) bring it under the 20 min it aims for.
+    # fresh clone on a slow day (2026-12-02, training at 300 samples/s; 500-620 on 2026-11-28) and decided H1; with 1500
+    # and 250 steps (standard's task budget) 18.8 min that day, H1 decided again (+0.54 [+0.29, +0.70]).
     "quick": StudyConfig(
         name="quick",
         pretrain_tasks="ml45-train",
