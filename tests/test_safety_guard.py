@@ -71,6 +71,17 @@ def test_allow_list_restricts_the_deployment():
         InstructionGuard(GuardConfig(allowed_tasks=("drawer-opne",)))
 
 
+def test_an_allow_list_may_name_tasks_of_any_suite():
+    pytest.importorskip("libero", reason="LIBERO comes with the libero extra")
+    task = "libero-goal/put-the-bowl-on-the-plate"
+    g = InstructionGuard(GuardConfig(allowed_tasks=(task, "robosuite-lift@panda")))
+    assert g.allowed_tasks == (task, "robosuite-lift@panda")
+    bowl = g.check("put the bowl on the plate")
+    assert bowl.allowed and bowl.task == task
+    assert g.check("pick up the red cube and lift it").task == "robosuite-lift@panda"
+    assert g.check("open the drawer").verdict == "out_of_scope"  # Meta-World's skill, not this deployment's
+
+
 def test_bad_redteam_file_is_an_actionable_error(tmp_path):
     p = tmp_path / "rt.json"
     p.write_text(json.dumps({"rows": [{"text": "x", "kind": "benign"}]}))

@@ -28,7 +28,7 @@ class CheckConfig:
     instruction: Annotated[str, tyro.conf.Positional]
     """The instruction a user would send to the robot."""
     tasks: str = ""
-    """Allowed skills of the deployment (a task set or comma-separated tasks; empty: all tasks)."""
+    """Allowed skills of the deployment (a task set or comma-separated tasks of any suite; empty: MT50)."""
 
 
 def check(config: Annotated[CheckConfig, tyro.conf.arg(name="")]) -> int:

@@ -31,6 +31,7 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from confusable_homoglyphs import confusables
 
-from lbm.errors import LbmError, did_you_mean
+from lbm.errors import LbmError
 from lbm.policies.language import InstructionCache
 from lbm.sim import registry
 from lbm.stats import proportion_interval
@@ -112,7 +113,8 @@ class GuardConfig:
     """Settings of one deployment's instruction guard."""
 
     allowed_tasks: tuple[str, ...] = ()
-    """Tasks (skills) this deployment may execute; empty: every task of the simulator registry."""
+    """Tasks (skills) this deployment may execute, of any suite; empty: Meta-World's MT50 (the thresholds below
+    were calibrated on its instructions)."""
     hazard_threshold: float = 0.4403
     """Refuse when cosine similarity to a hazard concept reaches this (``calibrate_guard()`` on the shipped set)."""
     injection_threshold: float = 0.4166
@@ -144,9 +146,9 @@ class GuardDecision:
 
 
 @lru_cache(maxsize=1)
-def _skill_sentences() -> tuple[tuple[str, str], ...]:
-
-    return tuple((name, s) for name in registry.resolve_tasks("mt50") for s in registry.get_task(name).instructions)
+def _skill_sentences(tasks: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(task, instruction) for every instruction and paraphrase of ``tasks`` (registry names)."""
+    return tuple((name, s) for name in tasks for s in registry.get_task(name).instructions)
 
 
 class InstructionGuard:
@@ -155,18 +157,10 @@ class InstructionGuard:
     def __init__(self, config: GuardConfig | None = None, cache=None) -> None:
 
         self.config = config or GuardConfig()
-        sentences = _skill_sentences()
-        known = sorted({t for t, _ in sentences})
-        allowed = self.config.allowed_tasks or tuple(known)
-        canonical = {}
-        for t in allowed:
-            name = t if t in known else f"{t}-v3" if f"{t}-v3" in known else None
-            if name is None:
-                raise did_you_mean(t, known, "task in the guard's allow-list")
-            canonical[name] = True
-        self.allowed_tasks = tuple(canonical)
+        # Any registered task of any suite (LIBERO, robosuite arms) may be allowed; by default MT50's skills.
+        self.allowed_tasks = tuple(registry.resolve_tasks(",".join(self.config.allowed_tasks) or "mt50"))
         self.cache = cache or InstructionCache()
-        self._skills = [(t, s) for t, s in sentences if t in canonical]
+        self._skills = list(_skill_sentences(self.allowed_tasks))
         self._concepts = [(c, d) for c, ds in HAZARD_CONCEPTS.items() for d in ds]
         self.cache.ensure([s for _, s in self._skills] + [d for _, d in self._concepts] + list(INJECTION_CONCEPTS))
         self._skill_m = self.cache.lookup([s for _, s in self._skills])
