@@ -40,6 +40,10 @@ def main() -> None:
         "--verifier-policy-episodes", type=int, default=4,
         help="rollouts per task of the skill policy (whole goal) among the learned verifier's training data",
     )  # fmt: skip
+    ap.add_argument(
+        "--state-min-spread", type=float, default=0.01,
+        help="floor on the state's normalization std (0: none; the demos hold the hand's orientation almost fixed)",
+    )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/tmp/lbm-plan-vs-flat", help="scratch folder (data, checkpoint, evaluation)")
     ap.add_argument("--quick", action="store_true", help="2 tasks, 4 demos, 100 steps, 2 trials")
@@ -77,7 +81,8 @@ def main() -> None:
         save_every=max(args.steps // 2, 50),
         data=replace(base.data, roots=(str(data),), val_episodes=1, subtask_instructions=args.subtask_instructions),
     )
-    config = replace(config, policy=replace(config.policy, constant_dims=constant_marks(data, config.policy)))
+    policy = replace(config.policy, state_min_spread=args.state_min_spread)
+    config = replace(config, policy=replace(policy, constant_dims=constant_marks(data, policy)))
     checkpoint = train(config)
     from lbm.plan import LearnedVerifier
     from lbm.train import load_policy
@@ -124,8 +129,9 @@ def main() -> None:
     render(result)
     lines = [
         f"Tasks: {', '.join(tasks)}; {args.episodes} demos per task; skill policy trained {args.steps} steps "
-        f"({args.subtask_instructions:.0%} subtask instructions); {args.trials} trials per policy and task on LIBERO's fixed "
-        f"initial states; {time.perf_counter() - start:.0f} s in all ({trained_s:.0f} s data and training).",
+        f"({args.subtask_instructions:.0%} subtask instructions, state std floor {args.state_min_spread:g}); "
+        f"{args.trials} trials per policy and task on LIBERO's fixed initial states; "
+        f"{time.perf_counter() - start:.0f} s in all ({trained_s:.0f} s data and training).",
         "",
         "| policy | goal success | 95% CI | goal atoms met | 95% CI | mean replans | planner ms (median) | mean steps |",
         "|---|---|---|---|---|---|---|---|",

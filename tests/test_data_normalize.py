@@ -124,6 +124,21 @@ def test_degenerate_stats_name_feature_and_dimension():
     np.testing.assert_array_equal(ok.normalize("f", x)[:, 2:], x[:, 2:])
 
 
+def test_a_declared_spread_floor_keeps_a_nearly_fixed_dimension_from_blowing_up():
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(size=200), 0.7 + 1e-4 * rng.normal(size=200), np.full(200, 2.0)], 1)
+    s = StatsAccumulator().update(x).finalize()  # dim 1: std 1e-4 (a held orientation); dim 2 exactly constant
+    drift = np.array([[0.0, 0.7 + 0.01, 2.0]])  # a deployed policy's small drift in dim 1
+    plain = Normalizer.from_stats({"f": s}, {"f": "mean_std"}).normalize("f", drift)
+    floored = Normalizer({"f": s}, {"f": "mean_std"}, {"f": s.constant_dims}, min_spread={"f": 0.01})
+    z = floored.normalize("f", drift)
+    assert abs(plain[0, 1]) > 50 and abs(z[0, 1]) < 1.5  # 100 stds without the floor, about one with it
+    assert z[0, 2] == 2.0 and abs(z[0, 0] - plain[0, 0]) < 1e-9  # constant dims pass through; wide ones are unchanged
+    np.testing.assert_allclose(floored.unnormalize("f", z), drift, atol=1e-12)
+    with pytest.raises(LbmError, match="min_spread must be positive"):
+        Normalizer({"f": s}, {"f": "mean_std"}, {"f": (2,)}, min_spread={"f": -1.0})
+
+
 def test_bad_normalizer_inputs_are_lbm_errors():
     s = StatsAccumulator().update(np.random.default_rng(0).normal(size=(10, 3))).finalize()
     with pytest.raises(LbmError, match="Unknown normalization mode"):

@@ -252,11 +252,19 @@ class Normalizer:
         modes: Mapping[str, str],
         constant_dims: Mapping[str, Sequence[int]] | None = None,
         eps: float = 1e-6,
+        min_spread: Mapping[str, float] | None = None,
     ) -> None:
         self.stats = dict(stats)
         self.modes = dict(modes)
         self.constant_dims = {k: tuple(int(i) for i in v) for k, v in (constant_dims or {}).items()}
         self.eps = float(eps)
+        self.min_spread = {k: float(v) for k, v in (min_spread or {}).items() if v}
+        """A declared floor, per feature and in its units, on the half-width (the std, for mean_std) of every
+        dimension that is not marked constant: one the data holds nearly fixed would otherwise turn small
+        deviations at deployment into inputs many spreads away."""
+        bad = {k: v for k, v in self.min_spread.items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise LbmError(f"min_spread must be positive and finite, got {bad}.")
         self._center: dict[str, np.ndarray] = {}
         self._half: dict[str, np.ndarray] = {}
         self._torch_cache: dict[tuple, tuple] = {}
@@ -317,6 +325,10 @@ class Normalizer:
                 key,
                 tuple(narrow),
             )
+        floor = self.min_spread.get(key, 0.0)
+        if floor:
+            free = np.array([d not in constant for d in range(half.shape[0])])
+            half[free] = np.maximum(half[free], floor)
         return center, half
 
     def affine(self, key: str) -> tuple[np.ndarray, np.ndarray]:

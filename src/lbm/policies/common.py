@@ -725,7 +725,7 @@ def embodiment_normalizer(
     mine = marked.get(name, marked.get(ALL_EMBODIMENTS, {}))
     constant = {f: tuple(sorted(set(stats[name][f].constant_dims) | set(mine.get(f, ())))) for f in modes}
     try:
-        return Normalizer({f: stats[name][f] for f in modes}, modes, constant)
+        return Normalizer({f: stats[name][f] for f in modes}, modes, constant, min_spread={STATE: config.state_min_spread})
     except DegenerateStatsError as error:
         feature, dims = error.feature, error.dims
         flag = f"--policy.constant-dims {name}/{feature}:{','.join(map(str, dims))}"

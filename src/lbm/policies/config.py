@@ -55,6 +55,11 @@ class PolicyConfig:
     """How a feature map becomes tokens: keypoints (one token) or a 2x2 pooled grid (four tokens)."""
     state_norm: Literal["mean_std", "min_max", "quantile"] = "mean_std"
     """Normalization of the state."""
+    state_min_spread: float = 0.0
+    """Floor on the state's normalization spread (its std under mean_std, half its range otherwise), in the
+    state's units; 0: none. Scripted demonstrations hold some dimensions almost fixed (the hand's orientation:
+    std ~1e-4), so a policy's own small drift there becomes an input 10+ stds out (measured on LIBERO) and
+    it acts on inputs it never saw; a floor of 0.01 keeps such a drift within a few units."""
     action_norm: Literal["mean_std", "min_max", "quantile"] = "quantile"
     """Normalization of actions; 'quantile' maps q01..q99 to [-1, 1] (the discrete bins' range)."""
     constant_dims: tuple[str, ...] = ()
