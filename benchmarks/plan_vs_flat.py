@@ -18,6 +18,8 @@ exact intervals, replans and planner time per arm, then lbm's comparison (Boschl
 letters, CMH across tasks); writes benchmarks/results/plan_vs_flat.{json,md}.
 
     python benchmarks/plan_vs_flat.py --episodes 15 --steps 1500 --trials 5
+    python benchmarks/plan_vs_flat.py --tasks T1,T2,T3 --episodes 25 --steps 5000 --trials 8 --verifier-policy-episodes 4
+      (the README's run 2026-12-02; T1-T3: the three two-subtask LIBERO-10 tasks, named in results/plan_vs_flat.md)
     python benchmarks/plan_vs_flat.py --quick
 """
 
@@ -41,7 +43,7 @@ def main() -> None:
         help="rollouts per task of the skill policy (whole goal) among the learned verifier's training data",
     )  # fmt: skip
     ap.add_argument(
-        "--state-min-spread", type=float, default=0.01,
+        "--state-min-spread", type=float, default=0.0,
         help="floor on the state's normalization std (0: none; the demos hold the hand's orientation almost fixed)",
     )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
