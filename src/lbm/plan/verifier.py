@@ -56,6 +56,7 @@ def collect(
     vocabulary = sorted({a for t in tasks for a in get_task(t).goal})
     column = {a: k for k, a in enumerate(vocabulary)}
     xs, ys, ms, eps = [], [], [], []
+    actor = PolicySkills(policy) if policy is not None else None
     for t in tasks:
         with make_env(t, max_steps=get_task(t).max_steps + after) as env:
             if not isinstance(env, SymbolicScene):
@@ -66,7 +67,6 @@ def collect(
             for e in range(episodes):
                 seed = demo_seed(t, seed_offset + e)
                 obs = env.reset(seed)
-                actor = PolicySkills(policy) if policy is not None else None
                 if actor is not None:
                     actor.restart(seed)
                 left = None
