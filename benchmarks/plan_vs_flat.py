@@ -18,8 +18,9 @@ exact intervals, replans and planner time per arm, then lbm's comparison (Boschl
 letters, CMH across tasks); writes benchmarks/results/plan_vs_flat.{json,md}.
 
     python benchmarks/plan_vs_flat.py --episodes 15 --steps 1500 --trials 5
-    python benchmarks/plan_vs_flat.py --tasks T1,T2,T3 --episodes 25 --steps 5000 --trials 8 --verifier-policy-episodes 4
-      (the README's run 2026-12-02; T1-T3: the three two-subtask LIBERO-10 tasks, named in results/plan_vs_flat.md)
+    python benchmarks/plan_vs_flat.py --tasks T1,T2,T3 --episodes 50 --steps 8000 --trials 8
+      (the README's run 2026-12-02; T1-T3: the three two-subtask LIBERO-10 tasks, named in results/plan_vs_flat.md;
+      the earlier runs there executed whole chunks: --execute-steps 16)
     python benchmarks/plan_vs_flat.py --quick
 """
 
@@ -29,6 +30,9 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+PART = 25
+"""Demonstrations per task in one generated part."""
 
 
 def main() -> None:
@@ -45,6 +49,10 @@ def main() -> None:
     ap.add_argument(
         "--state-min-spread", type=float, default=0.0,
         help="floor on the state's normalization std (0: none; the demos hold the hand's orientation almost fixed)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--execute-steps", type=int, default=2,
+        help="actions the skill policy executes from each 16-action chunk before asking again (saved in its checkpoint)",
     )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/tmp/lbm-plan-vs-flat", help="scratch folder (data, checkpoint, evaluation)")
@@ -69,9 +77,13 @@ def main() -> None:
         tasks, args.episodes, args.steps, args.trials, args.verifier_policy_episodes = tasks[:2], 4, 100, 2, 2
     work = Path(args.work)
     start = time.perf_counter()
-    data = work / "data"
-    if not data.exists():
-        generate_demos(tasks, args.episodes, data, workers=args.workers)
+    # Demos in parts of PART episodes per task (part k from demo seeds PART*k on): a larger run reuses a smaller
+    # run's parts, and an interrupted generation keeps its finished parts.
+    parts = []
+    for k, first in enumerate(range(0, args.episodes, PART)):
+        parts.append(work / f"data-{k}")
+        if not parts[-1].exists():
+            generate_demos(tasks, min(PART, args.episodes - first), parts[-1], workers=args.workers, seed_offset=first)
     base = get_preset("libero-goal-flow-small")
     config = replace(
         base,
@@ -81,10 +93,11 @@ def main() -> None:
         resume=True,
         tensorboard=False,
         save_every=max(args.steps // 2, 50),
-        data=replace(base.data, roots=(str(data),), val_episodes=1, subtask_instructions=args.subtask_instructions),
+        data=replace(base.data, roots=tuple(map(str, parts)), val_episodes=1, subtask_instructions=args.subtask_instructions),
     )
-    policy = replace(config.policy, state_min_spread=args.state_min_spread)
-    config = replace(config, policy=replace(policy, constant_dims=constant_marks(data, policy)))
+    policy = replace(config.policy, state_min_spread=args.state_min_spread, execute_steps=args.execute_steps)
+    # The trainer normalizes one body's data with its first dataset's stats: mark what is constant there.
+    config = replace(config, policy=replace(policy, constant_dims=constant_marks(parts[0], policy)))
     checkpoint = train(config)
     from lbm.plan import LearnedVerifier
     from lbm.train import load_policy
@@ -131,7 +144,8 @@ def main() -> None:
     render(result)
     lines = [
         f"Tasks: {', '.join(tasks)}; {args.episodes} demos per task; skill policy trained {args.steps} steps "
-        f"({args.subtask_instructions:.0%} subtask instructions, state std floor {args.state_min_spread:g}); "
+        f"({args.subtask_instructions:.0%} subtask instructions, state std floor {args.state_min_spread:g}, "
+        f"executing {args.execute_steps} of 16 actions per chunk); "
         f"{args.trials} trials per policy and task on LIBERO's fixed initial states; "
         f"{time.perf_counter() - start:.0f} s in all ({trained_s:.0f} s data and training).",
         "",
