@@ -52,7 +52,7 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--execute-steps", type=int, default=2,
-        help="actions the skill policy executes from each 16-action chunk before asking again (saved in its checkpoint)",
+        help="actions the skill policy executes from each chunk (the preset predicts 16) before asking again",
     )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/tmp/lbm-plan-vs-flat", help="scratch folder (data, checkpoint, evaluation)")
@@ -102,9 +102,10 @@ def main() -> None:
     from lbm.plan import LearnedVerifier
     from lbm.train import load_policy
 
+    verifier_episodes = max(2, args.episodes // 3)
     verifier, verifier_metrics = LearnedVerifier.train(
         tasks,
-        episodes=max(2, args.episodes // 3),
+        episodes=verifier_episodes,
         policy=load_policy(checkpoint) if args.verifier_policy_episodes else None,
         policy_episodes=args.verifier_policy_episodes,
     )
@@ -145,7 +146,7 @@ def main() -> None:
     lines = [
         f"Tasks: {', '.join(tasks)}; {args.episodes} demos per task; skill policy trained {args.steps} steps "
         f"({args.subtask_instructions:.0%} subtask instructions, state std floor {args.state_min_spread:g}, "
-        f"executing {args.execute_steps} of 16 actions per chunk); "
+        f"executing {args.execute_steps} of {config.policy.horizon} actions per chunk); "
         f"{args.trials} trials per policy and task on LIBERO's fixed initial states; "
         f"{time.perf_counter() - start:.0f} s in all ({trained_s:.0f} s data and training).",
         "",
@@ -164,7 +165,7 @@ def main() -> None:
     tp, fp, fn = confusion["tp"], confusion["fp"], confusion["fn"]
     lines += [
         "",
-        f"Learned verifier (trained on {max(2, args.episodes // 3)} expert and {args.verifier_policy_episodes} skill-policy "
+        f"Learned verifier (trained on {verifier_episodes} expert and {args.verifier_policy_episodes} skill-policy "
         f"rollouts per task): on held-out labelled rollouts precision {verifier_metrics['precision']:.3f}, recall "
         f"{verifier_metrics['recall']:.3f}, accuracy {verifier_metrics['accuracy']:.3f} ({verifier_metrics['frames']} frames); "
         f"during the (d) rollouts against the simulator's truth: {confusion} -> precision "
